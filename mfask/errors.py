@@ -1,0 +1,63 @@
+"""Exceptions raised by mfask.
+
+Every error that bad user input can cause is a subclass of :class:`MfaskError`
+and of the built-in exception a Python user would expect (``ValueError``,
+``KeyError``), so ``except ValueError`` keeps working. When one of these is
+raised from a public method the object's state is unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MfaskError",
+    "InvalidInputError",
+    "UnknownFidelityError",
+    "UnknownTicketError",
+    "TicketAlreadyToldError",
+    "UnmatchedParametersError",
+    "OutsidePriorError",
+    "NotEnoughDataError",
+    "StateFormatError",
+]
+
+
+class MfaskError(Exception):
+    """Base class of all mfask errors."""
+
+
+class InvalidInputError(MfaskError, ValueError):
+    """An argument has the wrong type, shape or value."""
+
+
+class UnknownFidelityError(MfaskError, KeyError):
+    """A fidelity name that the posterior was not built with."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownTicketError(MfaskError, KeyError):
+    """A ticket id that was never issued by ``ask``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TicketAlreadyToldError(MfaskError, ValueError):
+    """A result arrived for a ticket that already has one."""
+
+
+class UnmatchedParametersError(MfaskError, ValueError):
+    """Told parameters that match no pending ticket, or more than one."""
+
+
+class OutsidePriorError(MfaskError, ValueError):
+    """Parameters outside the prior's support."""
+
+
+class NotEnoughDataError(MfaskError, RuntimeError):
+    """A posterior was requested before there are enough simulations to fit one."""
+
+
+class StateFormatError(MfaskError, ValueError):
+    """A saved state that is malformed, tampered with or of an unknown version."""
