@@ -1,0 +1,1 @@
+"""Benchmark tasks, baselines and the benchmark runner."""
