@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.distributions import Distribution, biject_to, constraints
 
 from mfask.errors import InvalidInputError
+from mfask.user_input import as_theta as as_theta_tensor  # noqa: F401  (old name, kept for callers)
 
 __all__ = ["Prior", "IndependentPrior", "BoxUniform", "prior_from_spec"]
 
@@ -41,44 +42,6 @@ _SERIALIZABLE_MARGINALS = (
     "Laplace",
     "Cauchy",
 )
-
-
-def as_theta_tensor(theta: Any, dim: int, what: str = "theta") -> Tensor:
-    """Convert array-like parameters to a float64 tensor of shape ``(n, dim)``.
-
-    A 1-D input of length ``dim`` is read as one row. Raises
-    :class:`InvalidInputError` for non-numeric input, a wrong shape or
-    non-finite values.
-    """
-    try:
-        if isinstance(theta, Tensor):
-            tensor = theta.detach().to(dtype=torch.float64, device="cpu")
-        else:
-            import numpy as np
-
-            array = np.asarray(theta)
-            if array.dtype == object or not (
-                np.issubdtype(array.dtype, np.number) or array.dtype == bool
-            ):
-                raise TypeError(f"dtype {array.dtype}")
-            tensor = torch.as_tensor(array.astype(np.float64))
-    except (TypeError, ValueError) as error:
-        raise InvalidInputError(
-            f"{what} must be numeric (a numpy array, torch tensor or nested list "
-            f"of numbers) with {dim} columns; got {type(theta).__name__} ({error})"
-        ) from None
-    if tensor.ndim == 1 and tensor.shape[0] == dim and dim > 1:
-        tensor = tensor.unsqueeze(0)
-    elif tensor.ndim == 1 and dim == 1:
-        tensor = tensor.unsqueeze(1)
-    if tensor.ndim != 2 or tensor.shape[1] != dim:
-        raise InvalidInputError(
-            f"{what} must have shape (n, {dim}); got shape {tuple(tensor.shape)}"
-        )
-    if not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).any(dim=1).sum())
-        raise InvalidInputError(f"{what} has {bad} row(s) with NaN or inf values")
-    return tensor
 
 
 class Prior:

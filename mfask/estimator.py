@@ -1,0 +1,187 @@
+"""The conditional density estimator: a neural spline flow built on normflows.
+
+:class:`ConditionalFlow` models ``q(z | x)`` for parameters ``z`` mapped to
+unbounded space R^d (see :meth:`mfask.priors.Prior.to_unbounded`). Both inputs
+are standardised with statistics taken from training data:
+
+* ``z`` by an affine map that is part of the flow, so ``log_prob`` stays an
+  exact density of ``z`` (the map's log-Jacobian is added);
+* ``x`` elementwise before the (optional) embedding net, which only changes the
+  conditioning input and needs no Jacobian.
+
+The architecture follows the field's defaults for neural spline flows: five
+rational-quadratic coupling transforms with ten bins, conditioners of two
+residual blocks of 50 hidden units, an LU-parametrised linear mixing layer
+between transforms, and a standard normal base. One-dimensional parameters use
+an autoregressive spline (a coupling layer needs at least two dimensions).
+
+Shapes: ``z`` is ``(n, d)``, ``x`` is ``(n, *x_shape)``; computations are float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import normflows
+import torch
+from torch import Tensor, nn
+
+from mfask.errors import InvalidInputError
+
+__all__ = ["FlowConfig", "ConditionalFlow"]
+
+# A standard deviation below this is treated as constant data (e.g. a dummy
+# summary statistic), and the feature is only shifted, not scaled.
+_MIN_STD = 1e-8
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Architecture of the neural spline flow.
+
+    Arguments:
+        hidden_features: width of each conditioner's residual blocks.
+        num_transforms: number of spline transforms.
+        num_bins: bins per rational-quadratic spline.
+        num_blocks: residual blocks per conditioner.
+        tail_bound: the spline acts on [-tail_bound, tail_bound]; linear tails
+            outside (inputs are standardised, so 3 covers most mass).
+    """
+
+    hidden_features: int = 50
+    num_transforms: int = 5
+    num_bins: int = 10
+    num_blocks: int = 2
+    tail_bound: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_features", "num_transforms", "num_bins", "num_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive integer; got {value!r}")
+        if not self.tail_bound > 0:
+            raise InvalidInputError(f"tail_bound must be positive; got {self.tail_bound!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-compatible form."""
+        return asdict(self)
+
+
+class ConditionalFlow(nn.Module):
+    """Conditional neural spline flow ``q(z | x)`` with built-in standardisation.
+
+    Arguments:
+        theta_dim: dimension ``d`` of ``z``.
+        x_shape: shape of one conditioning input ``x``.
+        config: the architecture (:class:`FlowConfig`).
+        embedding_net: optional module mapping standardised ``(n, *x_shape)``
+            to features ``(n, k)``; trained jointly with the flow.
+    """
+
+    def __init__(
+        self,
+        theta_dim: int,
+        x_shape: tuple[int, ...],
+        config: FlowConfig = FlowConfig(),
+        embedding_net: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.theta_dim = int(theta_dim)
+        self.x_shape = tuple(int(s) for s in x_shape)
+        self.config = config
+        self.embedding_net = embedding_net if embedding_net is not None else nn.Flatten()
+        context_dim = self._context_dim()
+        self.register_buffer("z_shift", torch.zeros(self.theta_dim))
+        self.register_buffer("z_scale", torch.ones(self.theta_dim))
+        self.register_buffer("x_shift", torch.zeros(self.x_shape))
+        self.register_buffer("x_scale", torch.ones(self.x_shape))
+        self.flow = normflows.ConditionalNormalizingFlow(
+            normflows.distributions.DiagGaussian(self.theta_dim, trainable=False),
+            _spline_layers(self.theta_dim, context_dim, config),
+        )
+
+    def _context_dim(self) -> int:
+        """Number of features the embedding net produces for one ``x``."""
+        with torch.no_grad():
+            probe = self.embedding_net(torch.zeros((2, *self.x_shape)))
+        if probe.ndim != 2 or probe.shape[0] != 2:
+            raise InvalidInputError(
+                f"the embedding net must map (n, *x_shape) to (n, k); for x_shape "
+                f"{self.x_shape} it returned shape {tuple(probe.shape)} for n=2"
+            )
+        return int(probe.shape[1])
+
+    # ---------------------------------------------------------- standardising
+    def set_standardization(self, z: Tensor, x: Tensor) -> None:
+        """Set the affine standardisation from training data.
+
+        Arguments:
+            z: ``(n, d)`` parameters in unbounded space.
+            x: ``(n, *x_shape)`` conditioning inputs.
+        """
+        z_std = z.std(dim=0) if z.shape[0] > 1 else torch.ones(self.theta_dim)
+        x_std = x.std(dim=0) if x.shape[0] > 1 else torch.ones(self.x_shape)
+        self.z_shift.copy_(z.mean(dim=0))
+        self.z_scale.copy_(torch.where(z_std > _MIN_STD, z_std, torch.ones_like(z_std)))
+        self.x_shift.copy_(x.mean(dim=0))
+        self.x_scale.copy_(torch.where(x_std > _MIN_STD, x_std, torch.ones_like(x_std)))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Standardise and embed ``x`` ``(n, *x_shape)`` to context ``(n, k)``."""
+        return self.embedding_net((x - self.x_shift) / self.x_scale)
+
+    # ---------------------------------------------------------------- density
+    def log_prob(self, z: Tensor, x: Tensor) -> Tensor:
+        """``log q(z | x)`` for paired rows: ``z (n, d)``, ``x (n, *x_shape)`` -> ``(n,)``."""
+        context = self.embed(x)
+        return self.log_prob_with_context(z, context)
+
+    def log_prob_with_context(self, z: Tensor, context: Tensor) -> Tensor:
+        """``log q(z | x)`` from an already embedded context ``(n, k)``."""
+        u = (z - self.z_shift) / self.z_scale
+        return self.flow.log_prob(u, context) - torch.log(self.z_scale).sum()
+
+    def sample(self, num_samples: int, x: Tensor) -> Tensor:
+        """Draw ``num_samples`` per observation: ``x (m, *x_shape)`` -> ``(m, num_samples, d)``.
+
+        Uses torch's global random state; callers that need reproducibility
+        seed it (see :mod:`mfask.posterior_density`).
+        """
+        context = self.embed(x)
+        repeated = context.repeat_interleave(num_samples, dim=0)
+        u, _ = self.flow.sample(repeated.shape[0], context=repeated)
+        z = u * self.z_scale + self.z_shift
+        return z.reshape(x.shape[0], num_samples, self.theta_dim)
+
+
+def _spline_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list[nn.Module]:
+    """The stack of spline transforms (and linear mixing layers between them)."""
+    layers: list[nn.Module] = []
+    for index in range(config.num_transforms):
+        if theta_dim == 1:
+            layers.append(
+                normflows.flows.AutoregressiveRationalQuadraticSpline(
+                    1,
+                    config.num_blocks,
+                    config.hidden_features,
+                    num_context_channels=context_dim,
+                    num_bins=config.num_bins,
+                    tail_bound=config.tail_bound,
+                )
+            )
+            continue
+        layers.append(
+            normflows.flows.CoupledRationalQuadraticSpline(
+                theta_dim,
+                config.num_blocks,
+                config.hidden_features,
+                num_context_channels=context_dim,
+                num_bins=config.num_bins,
+                tail_bound=config.tail_bound,
+                reverse_mask=index % 2 == 1,
+            )
+        )
+        if index < config.num_transforms - 1:
+            layers.append(normflows.flows.LULinearPermute(theta_dim))
+    return layers
+

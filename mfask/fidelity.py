@@ -1,0 +1,66 @@
+"""Fidelity levels: names, order and the parameters each simulator uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+from mfask.errors import InvalidInputError
+from mfask.priors import Prior
+
+__all__ = ["Fidelity", "FidelitySpec", "resolve_fidelities"]
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """One simulator fidelity.
+
+    Arguments:
+        name: how ``ask``/``tell`` refer to it.
+        parameters: names of the prior's parameters this simulator uses;
+            ``None`` means all. The others are dummies at this level: they are
+            still drawn from the prior (so the estimator learns their prior)
+            and ``ask`` still returns full vectors.
+    """
+
+    name: str
+    parameters: tuple[str, ...] | None = None
+
+
+FidelitySpec = Union[str, Fidelity]
+
+
+def resolve_fidelities(
+    fidelities: Sequence[FidelitySpec], prior: Prior
+) -> tuple[list[Fidelity], list[list[int]]]:
+    """Normalise fidelity specs (ordered low to high) against the prior.
+
+    Returns the fidelities with explicit parameter tuples and, per fidelity,
+    the column indices of the parameters it uses.
+    """
+    if isinstance(fidelities, (str, Fidelity)) or not len(fidelities):
+        raise InvalidInputError(
+            "fidelities must be a non-empty list ordered from low to high, e.g. "
+            f"['low', 'high']; got {fidelities!r}"
+        )
+    resolved: list[Fidelity] = []
+    columns: list[list[int]] = []
+    for spec in fidelities:
+        if isinstance(spec, str):
+            spec = Fidelity(spec)
+        if not isinstance(spec, Fidelity) or not spec.name:
+            raise InvalidInputError(
+                f"each fidelity must be a non-empty name or a Fidelity; got {spec!r}"
+            )
+        names = tuple(spec.parameters) if spec.parameters is not None else prior.names
+        if not names:
+            raise InvalidInputError(f"fidelity {spec.name!r} uses no parameters")
+        index = prior.index_of(names)
+        if len(set(index)) != len(index):
+            raise InvalidInputError(f"fidelity {spec.name!r} lists a parameter twice")
+        resolved.append(Fidelity(str(spec.name), tuple(names)))
+        columns.append(sorted(index))
+    names = [f.name for f in resolved]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"fidelity names must be unique; got {names}")
+    return resolved, columns

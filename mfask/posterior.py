@@ -1,0 +1,744 @@
+"""The ask/tell object: :class:`MultiFidelityPosterior`.
+
+The user drives it like an optimizer. ``ask(fidelity, n)`` hands out parameter
+batches, the user runs their own simulator, ``tell`` gives the results back.
+Inside, the object keeps every ticket and result (:mod:`mfask.tickets`), and
+when a posterior is needed it trains one conditional flow per fidelity level,
+low to high, each level starting from the weights of the level below (MF-NPE);
+with one fidelity this is plain NPE.
+
+Training is lazy: nothing is fitted on ``tell``; ``fit``, ``sample``,
+``log_prob`` (and asks that depend on the posterior) bring the models up to
+date with the data told so far.
+
+Shapes: ``theta`` is ``(n, d)``; one observation ``x`` is ``(*x_shape)``;
+several observations are ``(m, *x_shape)``. Arrays returned are numpy float64.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mfask.errors import (
+    InvalidInputError,
+    NotEnoughDataError,
+    OutsidePriorError,
+    StateFormatError,
+    UnknownFidelityError,
+    UnmatchedParametersError,
+)
+from mfask.estimator import ConditionalFlow, FlowConfig
+from mfask.fidelity import Fidelity, FidelitySpec, resolve_fidelities
+from mfask.posterior_density import PosteriorDensity
+from mfask.priors import Prior, prior_from_spec
+from mfask.state_file import (
+    generator_from_array,
+    generator_to_array,
+    load_module_arrays,
+    module_to_arrays,
+    read_state,
+    write_state,
+)
+from mfask.tickets import DONE, FAILED, PENDING, SOURCES, STATUSES, AskBatch, TicketLedger
+from mfask.training import EpochReport, TrainingConfig, TrainingHistory, train_flow
+from mfask.user_input import as_numeric_array, as_theta, as_ticket_ids, positive_int
+
+__all__ = ["MultiFidelityPosterior", "TellResult", "SimulationFailedWarning"]
+
+TransferStandardization = Literal["refit", "keep"]
+
+
+class SimulationFailedWarning(UserWarning):
+    """Some told simulator outputs were NaN or inf and were recorded as failed."""
+
+
+@dataclass(frozen=True)
+class TellResult:
+    """What a ``tell`` recorded.
+
+    Attributes:
+        ticket_ids: ``(n,)`` the ticket of each told row, in row order
+            (``-1`` for rows skipped with ``skip_told=True``).
+        num_done: rows recorded as successful simulations.
+        num_failed: rows recorded as failed (NaN/inf output).
+        num_external: rows that were not asked and were added as prior draws.
+    """
+
+    ticket_ids: np.ndarray
+    num_done: int
+    num_failed: int
+    num_external: int = 0
+
+
+@dataclass
+class _Level:
+    """The trained model of one fidelity level and how it came about."""
+
+    members: list[ConditionalFlow] | None = None
+    fit_count: int = 0  # how many times this level was trained
+    trained_on: int = 0  # number of successful results at the last fit
+    initialised_from: tuple[int, int] | None = None  # (lower level, its fit_count)
+    histories: list[list[TrainingHistory]] = field(default_factory=list)
+
+
+class MultiFidelityPosterior:
+    """Multi-fidelity neural posterior estimation driven by ask/tell.
+
+    Arguments:
+        prior: the prior over the ``d`` parameters (:mod:`mfask.priors`).
+        fidelities: fidelity names (or :class:`~mfask.fidelity.Fidelity`
+            objects naming the parameters a level uses), ordered low to high.
+            One fidelity gives plain NPE.
+        seed: seeds every random choice (asks, network initialisation, data
+            splits, posterior samples). ``None`` draws one from the OS and
+            records it (see :attr:`seed`).
+        flow: the flow architecture (:class:`~mfask.estimator.FlowConfig`).
+        training: the training loop's settings
+            (:class:`~mfask.training.TrainingConfig`).
+        embedding_net: optional ``torch.nn.Module`` mapping ``(n, *x_shape)``
+            to ``(n, k)``, trained with the flow (e.g. a CNN for images).
+        ensemble_size: number of independently trained flows per level; the
+            posterior is their equal-weight mixture.
+        transfer_standardization: when a level starts from the weights of the
+            level below, ``"refit"`` recomputes the input standardisation on
+            its own data, ``"keep"`` keeps the lower level's
+            (see ``docs/standardization.md`` for the measurement behind the default).
+        match_tolerance: ``tell(theta, x, fidelity)`` matches a row to a pending
+            ticket when every parameter differs by at most
+            ``match_tolerance * (scale + |value|)``, ``scale`` being the
+            prior's typical scale of that parameter.
+        verbose: print training progress to standard error.
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        fidelities: Sequence[FidelitySpec] = ("high",),
+        *,
+        seed: int | None = None,
+        flow: FlowConfig = FlowConfig(),
+        training: TrainingConfig = TrainingConfig(),
+        embedding_net: nn.Module | None = None,
+        ensemble_size: int = 1,
+        transfer_standardization: TransferStandardization = "refit",
+        match_tolerance: float = 1e-5,
+        verbose: bool = False,
+    ) -> None:
+        if not isinstance(prior, Prior):
+            raise InvalidInputError(
+                f"prior must be an mfask Prior (e.g. mfask.BoxUniform); got {type(prior).__name__}"
+            )
+        if not isinstance(flow, FlowConfig):
+            raise InvalidInputError(f"flow must be a FlowConfig; got {type(flow).__name__}")
+        if not isinstance(training, TrainingConfig):
+            raise InvalidInputError(
+                f"training must be a TrainingConfig; got {type(training).__name__}"
+            )
+        if not isinstance(ensemble_size, int) or ensemble_size < 1:
+            raise InvalidInputError(f"ensemble_size must be a positive integer; got {ensemble_size!r}")
+        if transfer_standardization not in ("refit", "keep"):
+            raise InvalidInputError(
+                "transfer_standardization must be 'refit' or 'keep'; got "
+                f"{transfer_standardization!r}"
+            )
+        if not (isinstance(match_tolerance, (int, float)) and 0 <= match_tolerance < 1):
+            raise InvalidInputError(f"match_tolerance must be in [0, 1); got {match_tolerance!r}")
+        if embedding_net is not None and not isinstance(embedding_net, nn.Module):
+            raise InvalidInputError(
+                f"embedding_net must be a torch.nn.Module; got {type(embedding_net).__name__}"
+            )
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 2)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise InvalidInputError(f"seed must be a non-negative integer or None; got {seed!r}")
+
+        self.prior = prior
+        self.fidelities, self._used_columns = resolve_fidelities(fidelities, prior)
+        self.seed = int(seed)
+        self.flow_config = flow
+        self.training_config = training
+        self.ensemble_size = ensemble_size
+        self.transfer_standardization: TransferStandardization = transfer_standardization
+        self.match_tolerance = float(match_tolerance)
+        self.verbose = verbose
+        self._embedding_template = embedding_net
+        self._ledger = TicketLedger(prior.dim, self._used_columns)
+        self._levels = [_Level() for _ in self.fidelities]
+        self._x_shape: tuple[int, ...] | None = None
+        self._ask_generator = torch.Generator().manual_seed(self._stream_seed(0))
+        self._sample_generator = torch.Generator().manual_seed(self._stream_seed(1))
+        self.round = 0
+
+    # ================================================================ basics
+    @property
+    def fidelity_names(self) -> tuple[str, ...]:
+        """Fidelity names, low to high."""
+        return tuple(f.name for f in self.fidelities)
+
+    @property
+    def x_shape(self) -> tuple[int, ...] | None:
+        """Shape of one simulator output, known after the first ``tell``."""
+        return self._x_shape
+
+    def _stream_seed(self, *keys: int) -> int:
+        """A seed derived from the master seed and ``keys`` (independent streams)."""
+        sequence = np.random.SeedSequence([self.seed, *keys])
+        return int(sequence.generate_state(1, dtype=np.uint64)[0] >> 2)
+
+    def _fidelity_index(self, fidelity: Any) -> int:
+        if isinstance(fidelity, Fidelity):
+            fidelity = fidelity.name
+        if not isinstance(fidelity, str) or fidelity not in self.fidelity_names:
+            raise UnknownFidelityError(
+                f"unknown fidelity {fidelity!r}; this posterior has {list(self.fidelity_names)}"
+            )
+        return self.fidelity_names.index(fidelity)
+
+    def num_simulations(self, fidelity: str | None = None, status: str = "done") -> int:
+        """Number of told results (``status`` "done" or "failed") or open tickets
+        ("pending"), at one fidelity or at all."""
+        if status not in STATUSES:
+            raise InvalidInputError(f"status must be one of {STATUSES}; got {status!r}")
+        code = STATUSES.index(status)
+        if fidelity is None:
+            return int(self._ledger.ids_where(status=code).shape[0])
+        return self._ledger.count(self._fidelity_index(fidelity), code)
+
+    def data(self, fidelity: str) -> tuple[np.ndarray, np.ndarray]:
+        """The successful simulations of a fidelity: ``theta (k, d)``, ``x (k, *x_shape)``."""
+        theta, x = self._ledger.successful([self._fidelity_index(fidelity)])
+        return theta.copy(), x.copy()
+
+    def pending(self, fidelity: str | None = None) -> np.ndarray:
+        """Ids of the tickets still waiting for a result."""
+        index = None if fidelity is None else self._fidelity_index(fidelity)
+        return self._ledger.ids_where(index, PENDING)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(
+            f"{f.name}: {self.num_simulations(f.name)} done/{self.num_simulations(f.name, 'pending')} pending"
+            for f in self.fidelities
+        )
+        return f"MultiFidelityPosterior(d={self.prior.dim}, {counts}, round={self.round})"
+
+    # =================================================================== ask
+    def ask(self, fidelity: str, n: int) -> AskBatch:
+        """Open ``n`` new tickets at ``fidelity`` and return their parameters.
+
+        In amortized use every row is a prior draw (source ``"prior"``).
+
+        Raises:
+            UnknownFidelityError: ``fidelity`` is not one of :attr:`fidelity_names`.
+            InvalidInputError: ``n`` is not a positive integer.
+        """
+        index = self._fidelity_index(fidelity)
+        n = positive_int(n, "n")
+        theta, source = self._propose(index, n)
+        return self._open_batch(index, theta, source)
+
+    def _propose(self, fidelity: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Parameters ``(n, d)`` and source codes ``(n,)`` for a new batch."""
+        theta = self.prior.sample(n, self._ask_generator).numpy()
+        return theta, np.full(n, SOURCES.index("prior"), dtype=np.int8)
+
+    def _open_batch(self, fidelity: int, theta: np.ndarray, source: np.ndarray) -> AskBatch:
+        ids = self._ledger.open(theta, fidelity, source, self.round)
+        spec = self.fidelities[fidelity]
+        return AskBatch(
+            ticket_ids=ids,
+            theta=theta,
+            fidelity=spec.name,
+            source=tuple(SOURCES[s] for s in source),
+            round=self.round,
+            parameter_names=self.prior.names,
+            used_parameters=spec.parameters or self.prior.names,
+        )
+
+    # ================================================================== tell
+    def tell(
+        self,
+        theta_or_tickets: Any,
+        x: Any,
+        fidelity: str | None = None,
+        *,
+        unasked: Literal["raise", "prior"] = "raise",
+        skip_told: bool = False,
+    ) -> TellResult:
+        """Record simulator outputs.
+
+        Three forms:
+
+        * ``tell(theta, x, fidelity)``: rows of ``theta`` are matched to pending
+          tickets of ``fidelity`` by value (exactly, or within
+          ``match_tolerance`` for values that went through text). ``theta`` may
+          hold all ``d`` parameters or only those the fidelity uses.
+        * ``tell(batch, x)``: by the tickets of an :class:`AskBatch`.
+        * ``tell(ticket_ids, x)``: by integer ticket ids.
+
+        Arguments:
+            x: ``(n, *x_shape)`` outputs, row ``i`` for row/ticket ``i``
+                (numpy, torch or nested lists). Rows with NaN/inf are recorded
+                as failed simulations (warned about, left out of training).
+            unasked: with ``"prior"``, rows of ``theta`` that match no pending
+                ticket are recorded as extra prior draws (e.g. an archive of
+                earlier simulations); with ``"raise"`` they are an error.
+            skip_told: ignore rows whose ticket already has a result instead
+                of raising.
+
+        Raises (leaving the object unchanged): :class:`InvalidInputError`,
+        :class:`UnknownFidelityError`, :class:`UnknownTicketError`,
+        :class:`TicketAlreadyToldError`, :class:`UnmatchedParametersError`,
+        :class:`OutsidePriorError`.
+        """
+        if unasked not in ("raise", "prior"):
+            raise InvalidInputError(f"unasked must be 'raise' or 'prior'; got {unasked!r}")
+        ids, external_theta, external_fidelity = self._resolve_rows(
+            theta_or_tickets, fidelity, unasked
+        )
+        count = ids.shape[0]
+        x_array = self._check_x(x, count)
+        keep = self._ledger.check_told(ids[ids >= 0], skip_told) if count else np.zeros(0, bool)
+        record_mask = np.zeros(count, dtype=bool)
+        record_mask[np.flatnonzero(ids >= 0)[keep]] = True
+        record_mask |= ids < 0
+        failed = ~np.isfinite(x_array.reshape(count, -1)).all(axis=1)
+
+        # ---- every check has passed: change state from here on
+        if self._x_shape is None:
+            self._x_shape = tuple(x_array.shape[1:])
+        if external_theta is not None and external_theta.shape[0]:
+            source = np.full(external_theta.shape[0], SOURCES.index("external"), dtype=np.int8)
+            ids = ids.copy()
+            ids[ids < 0] = self._ledger.open(external_theta, external_fidelity, source, self.round)
+        self._ledger.record(ids[record_mask], x_array[record_mask], failed[record_mask])
+        num_failed = int(failed[record_mask].sum())
+        if num_failed:
+            fidelities = sorted({self.fidelity_names[f] for f in self._ledger.fidelity[ids[record_mask & failed]]})
+            total = sum(self.num_simulations(name, "failed") for name in fidelities)
+            warnings.warn(
+                f"{num_failed} of {count} told simulation(s) returned NaN or inf and were "
+                f"recorded as failed ({total} failed so far at {', '.join(fidelities)}); "
+                "they are left out of training",
+                SimulationFailedWarning,
+                stacklevel=2,
+            )
+        told_ids = np.where(record_mask, ids, -1)
+        return TellResult(
+            ticket_ids=told_ids,
+            num_done=int(record_mask.sum()) - num_failed,
+            num_failed=num_failed,
+            num_external=0 if external_theta is None else int(external_theta.shape[0]),
+        )
+
+    def _resolve_rows(
+        self, theta_or_tickets: Any, fidelity: str | None, unasked: str
+    ) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """Ticket ids ``(n,)`` for the told rows (``-1`` for external rows), the
+        full parameters of the external rows and their fidelity index."""
+        if isinstance(theta_or_tickets, AskBatch):
+            batch = theta_or_tickets
+            if fidelity is not None and fidelity != batch.fidelity:
+                raise InvalidInputError(
+                    f"the batch was asked at fidelity {batch.fidelity!r}, not {fidelity!r}"
+                )
+            return np.asarray(batch.ticket_ids, dtype=np.int64), None, 0
+        if fidelity is None:
+            ids = as_ticket_ids(theta_or_tickets)
+            if ids is None:
+                raise InvalidInputError(
+                    "tell(theta, x) needs the fidelity: tell(theta, x, fidelity); to tell by "
+                    "ticket pass an AskBatch or integer ticket ids"
+                )
+            return ids, None, 0
+        index = self._fidelity_index(fidelity)
+        used = self._used_columns[index]
+        raw = theta_or_tickets
+        width = np.asarray(raw).shape[-1] if np.ndim(raw) >= 1 else 1
+        dim = self.prior.dim if width == self.prior.dim or len(used) == self.prior.dim else len(used)
+        theta = as_theta(raw, dim, "theta").numpy()
+        theta_used = theta[:, used] if dim == self.prior.dim else theta
+        scale = self.prior.scale.numpy()[used]
+        ids = self._ledger.plan_value_match(theta_used, index, scale, self.match_tolerance)
+        unmatched = np.flatnonzero(ids < 0)
+        if unmatched.size == 0:
+            return ids, None, index
+        if unasked != "prior":
+            pending = self._ledger.count(index, PENDING)
+            raise UnmatchedParametersError(
+                f"{unmatched.size} of {ids.shape[0]} row(s) of theta match no pending ticket "
+                f"at fidelity {fidelity!r} ({pending} pending), e.g. row {int(unmatched[0])}: "
+                f"{theta[unmatched[0]].tolist()}. Pass unasked='prior' if they are prior "
+                "draws that were never asked, or tell by ticket id"
+            )
+        external = np.empty((unmatched.size, self.prior.dim))
+        if dim == self.prior.dim:
+            external[:] = theta[unmatched]
+        else:
+            # dummies for the parameters this fidelity does not use: prior draws
+            # from a stream of their own, so a rejected tell changes no state
+            dummies = torch.Generator().manual_seed(self._stream_seed(4, self._ledger.size))
+            external[:] = self.prior.sample(unmatched.size, dummies).numpy()
+            external[:, used] = theta[unmatched]
+        outside = ~self.prior.in_support(torch.from_numpy(external)).numpy()
+        if outside.any():
+            row = int(unmatched[np.flatnonzero(outside)[0]])
+            raise OutsidePriorError(
+                f"{int(outside.sum())} unasked row(s) lie outside the prior's support, e.g. "
+                f"row {row}: {theta[row].tolist()} (bounds {self.prior.bounds[0].tolist()} to "
+                f"{self.prior.bounds[1].tolist()})"
+            )
+        return ids, external, index
+
+    def _check_x(self, x: Any, count: int) -> np.ndarray:
+        """Convert told outputs to float64 ``(count, *x_shape)``."""
+        array = as_numeric_array(x, "x")
+        if array.ndim == 1:
+            array = array.reshape(count, -1) if count == 1 else array.reshape(-1, 1)
+        if array.ndim == 0 or array.shape[0] != count:
+            raise InvalidInputError(
+                f"x must have one row per told parameter set: expected shape ({count}, ...); "
+                f"got {tuple(array.shape)}"
+            )
+        if self._x_shape is not None and tuple(array.shape[1:]) != self._x_shape:
+            raise InvalidInputError(
+                f"x rows must have shape {self._x_shape} (as earlier results, at every "
+                f"fidelity); got {tuple(array.shape[1:])}"
+            )
+        return array
+
+    # ================================================================ training
+    def fit(self, fidelity: str | None = None, *, force: bool = False) -> dict[str, list[TrainingHistory]]:
+        """Bring the models up to date with the data told so far.
+
+        Trains every level up to ``fidelity`` (default: the highest with data)
+        whose data or lower level changed since it was last trained; with
+        ``force`` retrains them all. Returns the new training histories per
+        fidelity name (one per ensemble member).
+        """
+        top = self._top_level(fidelity)
+        histories: dict[str, list[TrainingHistory]] = {}
+        for level in range(top + 1):
+            if self._needs_training(level) or (force and self._level_data_count(level) >= 2):
+                histories[self.fidelity_names[level]] = self._train_level(level)
+        return histories
+
+    def _level_data_count(self, level: int) -> int:
+        return self._ledger.count(level, DONE)
+
+    def _lower_trained(self, level: int) -> int | None:
+        """The nearest level below ``level`` that has a trained model."""
+        for lower in range(level - 1, -1, -1):
+            if self._levels[lower].members is not None:
+                return lower
+        return None
+
+    def _needs_training(self, level: int) -> bool:
+        state = self._levels[level]
+        count = self._level_data_count(level)
+        if count < 2:
+            return False
+        if state.members is None or state.trained_on != count:
+            return True
+        lower = self._lower_trained(level)
+        current = None if lower is None else (lower, self._levels[lower].fit_count)
+        return current != state.initialised_from
+
+    def _top_level(self, fidelity: str | None) -> int:
+        """The level whose posterior is wanted: the named one, else the highest with data."""
+        if fidelity is not None:
+            return self._fidelity_index(fidelity)
+        for level in range(len(self.fidelities) - 1, -1, -1):
+            if self._level_data_count(level) >= 2:
+                return level
+        raise NotEnoughDataError(
+            "no fidelity has at least 2 successful simulations yet; ask, simulate and tell first"
+        )
+
+    def _train_level(self, level: int) -> list[TrainingHistory]:
+        """(Re)train the members of ``level``; returns their histories."""
+        state = self._levels[level]
+        theta, x = self._ledger.successful([level])
+        z = self.prior.to_unbounded(torch.from_numpy(theta)).to(torch.float32)
+        x32 = torch.from_numpy(x).to(torch.float32)
+        lower = self._lower_trained(level)
+        lower_key = None if lower is None else (lower, self._levels[lower].fit_count)
+        if state.members is not None and lower_key == state.initialised_from:
+            members = state.members  # warm start from this level's own weights
+        elif lower is not None:
+            source = self._levels[lower].members
+            members = [copy.deepcopy(source[k % len(source)]) for k in range(self.ensemble_size)]
+            if self.transfer_standardization == "refit":
+                for member in members:
+                    member.set_standardization(z, x32)
+        else:
+            members = [self._new_flow(level, k) for k in range(self.ensemble_size)]
+            for member in members:
+                member.set_standardization(z, x32)
+        histories = []
+        for k, member in enumerate(members):
+            seed = self._stream_seed(2, level, state.fit_count, k)
+            histories.append(
+                train_flow(member, z, x32, self.training_config, seed=seed,
+                           progress=self._progress_printer(level, k, z.shape[0]))
+            )
+        state.members = members
+        state.fit_count += 1
+        state.trained_on = z.shape[0]
+        state.initialised_from = lower_key
+        state.histories.append(histories)
+        return histories
+
+    def _new_flow(self, level: int, member: int) -> ConditionalFlow:
+        """A freshly initialised flow, reproducibly seeded."""
+        if self._x_shape is None:
+            raise NotEnoughDataError("no simulator output has been told yet")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._stream_seed(3, level, member))
+            embedding = copy.deepcopy(self._embedding_template)
+            if embedding is not None:
+                for module in embedding.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+            return ConditionalFlow(self.prior.dim, self._x_shape, self.flow_config, embedding)
+
+    def _progress_printer(self, level: int, member: int, count: int) -> Callable[[EpochReport], None] | None:
+        if not self.verbose:
+            return None
+        name = self.fidelity_names[level]
+        label = f"{name}" + (f" member {member}" if self.ensemble_size > 1 else "")
+
+        def report(epoch: EpochReport) -> None:
+            done = epoch.epochs_since_improvement >= self.training_config.stop_after_epochs
+            if epoch.epoch % 10 == 0 or done:
+                print(
+                    f"[mfask] training {label} on {count} simulations: epoch {epoch.epoch + 1}, "
+                    f"train loss {epoch.train_loss:.4f}, validation loss {epoch.validation_loss:.4f} "
+                    f"(best {epoch.best_validation_loss:.4f}, {epoch.epochs_since_improvement} "
+                    "epochs since)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        return report
+
+    def training_histories(self, fidelity: str) -> list[list[TrainingHistory]]:
+        """All training runs of a level: one list (per ensemble member) per fit."""
+        return list(self._levels[self._fidelity_index(fidelity)].histories)
+
+    # ============================================================== posterior
+    def posterior(self, fidelity: str | None = None) -> PosteriorDensity:
+        """The (lazily fitted) posterior density of a fidelity level
+        (default: the highest level with at least 2 successful simulations)."""
+        top = self._top_level(fidelity)
+        if self._level_data_count(top) < 2:
+            raise NotEnoughDataError(
+                f"fidelity {self.fidelity_names[top]!r} has {self._level_data_count(top)} "
+                "successful simulation(s); at least 2 are needed to fit its posterior"
+            )
+        self.fit(self.fidelity_names[top])
+        return PosteriorDensity(self.prior, self._levels[top].members or [])
+
+    def sample(self, n: int, x: Any, *, fidelity: str | None = None) -> np.ndarray:
+        """Draw ``n`` samples ``(n, d)`` from the posterior at one observation ``x``."""
+        n = positive_int(n, "n")
+        observations = self._check_observations(x, single=True)
+        density = self.posterior(fidelity)
+        return density.sample(n, observations, self._sample_generator)[0].numpy()
+
+    def sample_batched(self, n: int, xs: Any, *, fidelity: str | None = None) -> np.ndarray:
+        """Draw ``n`` samples per observation: ``xs (m, *x_shape)`` -> ``(m, n, d)``."""
+        n = positive_int(n, "n")
+        observations = self._check_observations(xs, single=False)
+        density = self.posterior(fidelity)
+        return density.sample(n, observations, self._sample_generator).numpy()
+
+    def log_prob(self, theta: Any, x: Any, *, fidelity: str | None = None) -> np.ndarray:
+        """``log q(theta | x)`` ``(n,)`` for parameters ``(n, d)`` at one observation
+        ``x``; ``-inf`` outside the prior's support."""
+        values = as_numeric_array(theta, "theta")
+        if values.ndim == 1:
+            values = values.reshape(1, -1)
+        theta_t = as_theta(values, self.prior.dim)
+        observation = self._check_observations(x, single=True)
+        density = self.posterior(fidelity)
+        return density.log_prob(theta_t, observation.expand(theta_t.shape[0], *observation.shape[1:])).numpy()
+
+    def log_prob_batched(self, theta: Any, xs: Any, *, fidelity: str | None = None) -> np.ndarray:
+        """``log q(theta[i, j] | xs[i])`` ``(m, n)`` for ``theta (m, n, d)`` and ``xs (m, *x_shape)``."""
+        values = as_numeric_array(theta, "theta")
+        observations = self._check_observations(xs, single=False)
+        m = observations.shape[0]
+        if values.ndim != 3 or values.shape[0] != m or values.shape[2] != self.prior.dim:
+            raise InvalidInputError(
+                f"theta must have shape ({m}, n, {self.prior.dim}) for {m} observations; "
+                f"got {tuple(values.shape)}"
+            )
+        n = values.shape[1]
+        theta_t = as_theta(values.reshape(m * n, -1), self.prior.dim)
+        paired = observations.repeat_interleave(n, dim=0)
+        density = self.posterior(fidelity)
+        return density.log_prob(theta_t, paired).reshape(m, n).numpy()
+
+    def _check_observations(self, x: Any, single: bool) -> Tensor:
+        """Observations as float64 ``(m, *x_shape)`` (``m = 1`` when ``single``)."""
+        if self._x_shape is None:
+            raise NotEnoughDataError("no simulator output has been told yet")
+        array = as_numeric_array(x, "x")
+        if single:
+            if tuple(array.shape) == self._x_shape or (
+                array.ndim == 1 and self._x_shape == (1,) and array.shape == (1,)
+            ):
+                array = array.reshape(1, *self._x_shape)
+            elif not (array.ndim == len(self._x_shape) + 1 and array.shape[0] == 1
+                      and tuple(array.shape[1:]) == self._x_shape):
+                raise InvalidInputError(
+                    f"x must be one observation of shape {self._x_shape} (or (1, *{self._x_shape})); "
+                    f"got {tuple(array.shape)}; use the *_batched methods for several"
+                )
+        elif array.ndim != len(self._x_shape) + 1 or tuple(array.shape[1:]) != self._x_shape:
+            raise InvalidInputError(
+                f"xs must have shape (m, *{self._x_shape}); got {tuple(array.shape)}"
+            )
+        if not np.isfinite(array).all():
+            raise InvalidInputError("observations must be finite (no NaN or inf)")
+        return torch.from_numpy(array)
+
+    # ============================================================ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the complete state (tickets, results, weights, random states) to
+        ``path`` as an ``.npz`` archive without pickle; the write is atomic."""
+        meta, arrays = self._export_state()
+        write_state(path, meta, arrays)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        prior: Prior | None = None,
+        embedding_net: nn.Module | None = None,
+    ) -> "MultiFidelityPosterior":
+        """Restore a posterior saved with :meth:`save`.
+
+        Arguments:
+            prior: required when the prior could not be described as data
+                (a custom marginal); else rebuilt from the file.
+            embedding_net: a module of the same architecture as the one the
+                posterior was built with (weights come from the file).
+
+        Raises :class:`StateFormatError` for a malformed file.
+        """
+        meta, arrays = read_state(path)
+        return cls._from_state(meta, arrays, prior=prior, embedding_net=embedding_net)
+
+    def _export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state as a JSON-compatible dict and named arrays."""
+        try:
+            prior_spec = self.prior.to_spec()
+        except InvalidInputError:
+            prior_spec = None
+        meta: dict[str, Any] = {
+            "prior": prior_spec,
+            "parameter_names": list(self.prior.names),
+            "fidelities": [{"name": f.name, "parameters": list(f.parameters or ())} for f in self.fidelities],
+            "seed": self.seed,
+            "flow": self.flow_config.to_dict(),
+            "training": self.training_config.to_dict(),
+            "ensemble_size": self.ensemble_size,
+            "transfer_standardization": self.transfer_standardization,
+            "match_tolerance": self.match_tolerance,
+            "has_embedding_net": self._embedding_template is not None,
+            "x_shape": None if self._x_shape is None else list(self._x_shape),
+            "round": self.round,
+            "levels": [],
+        }
+        arrays = {f"tickets/{k}": v for k, v in self._ledger.to_arrays().items()}
+        arrays["rng/ask"] = generator_to_array(self._ask_generator)
+        arrays["rng/sample"] = generator_to_array(self._sample_generator)
+        for level, state in enumerate(self._levels):
+            meta["levels"].append({
+                "num_members": 0 if state.members is None else len(state.members),
+                "fit_count": state.fit_count,
+                "trained_on": state.trained_on,
+                "initialised_from": None if state.initialised_from is None else list(state.initialised_from),
+                "histories": [[h.to_dict() for h in fit] for fit in state.histories],
+            })
+            for k, member in enumerate(state.members or []):
+                arrays.update(module_to_arrays(member, f"model/{level}/{k}/"))
+        return meta, arrays
+
+    @classmethod
+    def _from_state(
+        cls,
+        meta: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        *,
+        prior: Prior | None,
+        embedding_net: nn.Module | None,
+    ) -> "MultiFidelityPosterior":
+        """Rebuild an object from :meth:`_export_state` output."""
+        try:
+            if prior is None:
+                if meta["prior"] is None:
+                    raise StateFormatError(
+                        "the saved prior has custom marginals; pass prior=... to load()"
+                    )
+                prior = prior_from_spec(meta["prior"])
+            if list(prior.names) != list(meta["parameter_names"]):
+                raise StateFormatError(
+                    f"the prior's parameters {list(prior.names)} differ from the saved "
+                    f"{meta['parameter_names']}"
+                )
+            if meta["has_embedding_net"] and embedding_net is None:
+                raise StateFormatError(
+                    "the posterior was saved with an embedding net; pass embedding_net=... "
+                    "(same architecture) to load()"
+                )
+            fidelities = [Fidelity(f["name"], tuple(f["parameters"])) for f in meta["fidelities"]]
+            obj = cls(
+                prior,
+                fidelities,
+                seed=int(meta["seed"]),
+                flow=FlowConfig(**meta["flow"]),
+                training=TrainingConfig(**meta["training"]),
+                embedding_net=embedding_net if meta["has_embedding_net"] else None,
+                ensemble_size=int(meta["ensemble_size"]),
+                transfer_standardization=meta["transfer_standardization"],
+                match_tolerance=float(meta["match_tolerance"]),
+            )
+            obj._x_shape = None if meta["x_shape"] is None else tuple(int(s) for s in meta["x_shape"])
+            obj.round = int(meta["round"])
+            tickets = {k[len("tickets/"):]: v for k, v in arrays.items() if k.startswith("tickets/")}
+            obj._ledger = TicketLedger.from_arrays(prior.dim, obj._used_columns, tickets)
+            obj._ask_generator = generator_from_array(arrays["rng/ask"])
+            obj._sample_generator = generator_from_array(arrays["rng/sample"])
+            for level, saved in enumerate(meta["levels"]):
+                state = obj._levels[level]
+                state.fit_count = int(saved["fit_count"])
+                state.trained_on = int(saved["trained_on"])
+                origin = saved["initialised_from"]
+                state.initialised_from = None if origin is None else (int(origin[0]), int(origin[1]))
+                state.histories = [[TrainingHistory(**h) for h in fit] for fit in saved["histories"]]
+                if saved["num_members"]:
+                    members = []
+                    for k in range(int(saved["num_members"])):
+                        member = obj._new_flow(level, k)
+                        load_module_arrays(member, arrays, f"model/{level}/{k}/")
+                        member.eval()
+                        members.append(member)
+                    state.members = members
+        except StateFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise StateFormatError(f"malformed mfask state: {type(error).__name__}: {error}") from None
+        return obj

@@ -1,0 +1,81 @@
+"""Conversion and validation of what users pass in.
+
+Users hand mfask numpy arrays, torch tensors or nested lists; these helpers
+turn them into the canonical types (float64 numpy arrays, float64 tensors,
+int64 ticket ids) or raise :class:`~mfask.errors.InvalidInputError` with a
+message that says what was expected and what came.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mfask.errors import InvalidInputError
+
+__all__ = ["as_numeric_array", "as_theta", "as_ticket_ids", "positive_int"]
+
+
+def as_numeric_array(value: Any, name: str) -> np.ndarray:
+    """Any numeric array-like (numpy, torch, nested lists) as a float64 numpy array."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu().to(torch.float64).numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(
+            f"{name} must be a numeric array; got {type(value).__name__} ({error})"
+        ) from None
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InvalidInputError(
+            f"{name} must be numeric (numpy array, torch tensor or nested lists of numbers); "
+            f"got {type(value).__name__} of dtype {array.dtype}"
+        )
+    return array.astype(np.float64)
+
+
+def as_theta(value: Any, dim: int, name: str = "theta") -> Tensor:
+    """Parameters as a finite float64 tensor ``(n, dim)``.
+
+    A 1-D input of length ``dim`` is one row (for ``dim == 1``, a 1-D input is
+    a column of ``n`` values).
+    """
+    array = as_numeric_array(value, name)
+    if array.ndim == 1:
+        array = array.reshape(1, -1) if dim > 1 else array.reshape(-1, 1)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise InvalidInputError(f"{name} must have shape (n, {dim}); got shape {array.shape}")
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise InvalidInputError(
+            f"{name} has {int((~finite).sum())} row(s) with NaN or inf values, e.g. row "
+            f"{int(np.flatnonzero(~finite)[0])}"
+        )
+    return torch.from_numpy(array)
+
+
+def as_ticket_ids(value: Any) -> np.ndarray | None:
+    """Integer ticket ids ``(n,)`` if ``value`` looks like them, else ``None``."""
+    if isinstance(value, Tensor):
+        if value.dtype.is_floating_point or value.dtype == torch.bool or value.ndim > 1:
+            return None
+        return value.cpu().numpy().reshape(-1).astype(np.int64)
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        return None
+    if array.ndim <= 1 and np.issubdtype(array.dtype, np.integer):
+        return array.reshape(-1).astype(np.int64)
+    return None
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as a positive ``int``; bools and non-integers are rejected."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InvalidInputError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
