@@ -1,4 +1,14 @@
-"""mfask: multi-fidelity simulation-based inference with an ask/tell API."""
+"""mfask: multi-fidelity simulation-based inference with an ask/tell API.
+
+The entry point is :class:`MultiFidelityPosterior`::
+
+    prior = mfask.BoxUniform(low=[0.1, 0.1], high=[3.0, 0.6], names=["mu", "sigma"])
+    post = mfask.MultiFidelityPosterior(prior, fidelities=["low", "high"], seed=0)
+    batch = post.ask("low", 1000)
+    post.tell(batch, my_cheap_simulator(batch.theta))
+    ...
+    samples = post.sample(1000, x=x_o)
+"""
 
 from mfask.errors import (
     InvalidInputError,
@@ -11,6 +21,35 @@ from mfask.errors import (
     UnknownTicketError,
     UnmatchedParametersError,
 )
+from mfask.estimator import FlowConfig
+from mfask.fidelity import Fidelity
+from mfask.posterior import MultiFidelityPosterior, SimulationFailedWarning, TellResult
 from mfask.priors import BoxUniform, IndependentPrior, Prior, prior_from_spec
+from mfask.tickets import AskBatch
+from mfask.training import TrainingConfig, TrainingHistory
+
+__all__ = [
+    "MultiFidelityPosterior",
+    "AskBatch",
+    "TellResult",
+    "Fidelity",
+    "Prior",
+    "BoxUniform",
+    "IndependentPrior",
+    "prior_from_spec",
+    "FlowConfig",
+    "TrainingConfig",
+    "TrainingHistory",
+    "SimulationFailedWarning",
+    "MfaskError",
+    "InvalidInputError",
+    "UnknownFidelityError",
+    "UnknownTicketError",
+    "TicketAlreadyToldError",
+    "UnmatchedParametersError",
+    "OutsidePriorError",
+    "NotEnoughDataError",
+    "StateFormatError",
+]
 
 __version__ = "0.1.0"
