@@ -592,7 +592,10 @@ class MultiFidelityPosterior:
     def _check_observations(self, x: Any, single: bool) -> Tensor:
         """Observations as float64 ``(m, *x_shape)`` (``m = 1`` when ``single``)."""
         if self._x_shape is None:
-            raise NotEnoughDataError("no simulator output has been told yet")
+            raise NotEnoughDataError(
+                "no simulator output has been told yet: a posterior needs at least 2 "
+                "successful simulations; ask, simulate and tell first"
+            )
         array = as_numeric_array(x, "x")
         if single:
             if tuple(array.shape) == self._x_shape or (
