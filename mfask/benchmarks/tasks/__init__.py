@@ -19,6 +19,7 @@ __all__ = ["Task", "OrnsteinUhlenbeck", "TASK_NAMES", "get_task"]
 _REGISTRY: dict[str, Callable[..., Task]] = {
     "ou": OrnsteinUhlenbeck,
     "ou4": lambda **kwargs: OrnsteinUhlenbeck(dim=4, **kwargs),
+    "neuron": lambda **kwargs: __import__("mfask.benchmarks.tasks.neuron", fromlist=["NeuronTask"]).NeuronTask(**kwargs),  # noqa: E501
 }
 
 #: the names :func:`get_task` accepts
