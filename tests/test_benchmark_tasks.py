@@ -16,9 +16,10 @@ import pytest
 import torch
 from scipy import stats
 
-from mfask.benchmarks.tasks import SLCP, OrnsteinUhlenbeck, get_task
+from mfask.benchmarks.tasks import SIR, SLCP, OrnsteinUhlenbeck, get_task
 from mfask.benchmarks.tasks import reference_cache
 from mfask.benchmarks.tasks.reference_samplers import sample_grid
+from mfask.benchmarks.tasks.sir import HF_TIMES, LF_TIMES, POPULATION, TRIALS, solve_sir
 from mfask.errors import InvalidInputError, UnknownFidelityError
 
 # (registry name, constructor kwargs) of every task variant under test
@@ -27,6 +28,7 @@ TASK_VARIANTS = [
     ("ou", {"dim": 3}),
     ("ou4", {}),
     ("slcp", {}),
+    ("sir", {}),
 ]
 
 
@@ -363,3 +365,91 @@ def test_slcp_reference_rank_calibration_over_many_observations():
         below = np.sum(task.log_likelihood(samples, x) < task.log_likelihood(theta, x)[0])
         ranks.append((below + rng.uniform()) / 201)  # randomised rank: U(0, 1) under H0
     assert stats.kstest(ranks, "uniform").pvalue > 1e-3
+
+
+# --------------------------------------------------------------------- SIR
+def test_sir_ode_conserves_population_and_matches_fine_rk4():
+    """S + I + R = N (the right-hand side sums to zero) and I(t) agrees with a
+    classical RK4 integration at dt = 0.02 (global error ~1e-7 N for these
+    rates, measured against dt = 0.01) to 1e-6 N."""
+    theta = np.array([[0.45, 0.11], [1.1, 0.3], [0.25, 0.15]])
+    solution = solve_sir(theta[:, 0], theta[:, 1], HF_TIMES)
+    assert solution.shape == (3, 3, 10)
+    np.testing.assert_allclose(solution.sum(axis=1), POPULATION, rtol=1e-9)
+    beta, gamma = theta[:, 0], theta[:, 1]
+
+    def rhs(y):
+        infections = beta * y[:, 0] * y[:, 1] / POPULATION
+        return np.stack([-infections, infections - gamma * y[:, 1], gamma * y[:, 1]], axis=1)
+
+    dt, y = 0.02, np.stack([np.full(3, POPULATION - 1), np.ones(3), np.zeros(3)], axis=1)
+    infected = [y[:, 1].copy()]
+    for _ in range(9):
+        for _ in range(int(round(17 / dt))):
+            k1 = rhs(y)
+            k2 = rhs(y + dt / 2 * k1)
+            k3 = rhs(y + dt / 2 * k2)
+            y = y + dt / 6 * (k1 + 2 * k2 + 2 * k3 + rhs(y + dt * k3))
+        infected.append(y[:, 1].copy())
+    np.testing.assert_allclose(solution[:, 1, :], np.array(infected).T, rtol=0, atol=1e-6 * POPULATION)
+
+
+def test_sir_time_rescaling_used_by_the_reference_grid():
+    """I(t; beta, gamma) = J(gamma t; beta / gamma) with J solved at (R0, 1)."""
+    beta, gamma = np.array([0.5, 1.3, 0.3]), np.array([0.1, 0.4, 0.12])
+    direct = solve_sir(beta, gamma, HF_TIMES)[:, 1]
+    for row in range(3):
+        rescaled = solve_sir([beta[row] / gamma[row]], [1.0], gamma[row] * HF_TIMES)[0, 1]
+        np.testing.assert_allclose(rescaled, direct[row], rtol=0, atol=1e-6 * POPULATION)
+
+
+def test_sir_fidelities_binomial_noise_and_interpolation():
+    task = SIR()
+    theta = np.array([[0.5, 0.13]])
+    # LF = the 6 coarse binomial counts, interpolated linearly onto the HF times
+    p_coarse = solve_sir(theta[:, 0], theta[:, 1], LF_TIMES)[0, 1] / POPULATION
+    coarse = np.random.default_rng(5).binomial(TRIALS, p_coarse).astype(float)
+    low = task.simulate(theta, "low", np.random.default_rng(5))[0]
+    np.testing.assert_allclose(low, np.interp(HF_TIMES, LF_TIMES, coarse), atol=1e-9)
+    # HF: Binomial(1000, I(t)/N): mean and variance within 5 se; the variance
+    # of a binomial sample variance is (2 v^2 + v (1 - 6 p q)) / n <= 2 (v + 1/4)^2 / n
+    n = 20_000
+    high = task.simulate(np.repeat(theta, n, axis=0), "high", np.random.default_rng(0))
+    p = solve_sir(theta[:, 0], theta[:, 1], HF_TIMES)[0, 1] / POPULATION
+    var = TRIALS * p * (1 - p)
+    np.testing.assert_array_less(np.abs(high.mean(0) - TRIALS * p), 5 * np.sqrt(var / n) + 1e-9)
+    np.testing.assert_array_less(np.abs(high.var(0) - var), 5 * np.sqrt(2 * (var + 0.25) ** 2 / n) + 1e-9)
+    assert np.all(high == np.round(high)) and high.min() >= 0 and high.max() <= TRIALS
+
+
+def test_sir_log_likelihood_matches_scipy_binomial():
+    task = SIR()
+    rng = np.random.default_rng(2)
+    theta = task.sample_prior(4, rng)
+    x_o = task.simulate(theta[:1], "high", rng)[0]
+    p = solve_sir(theta[:, 0], theta[:, 1], HF_TIMES)[:, 1] / POPULATION
+    expected = stats.binom.logpmf(x_o[None, :], TRIALS, np.clip(p, 0, 1)).sum(axis=1)
+    np.testing.assert_allclose(task.log_likelihood(theta, x_o), expected, rtol=1e-10)
+    with pytest.raises(InvalidInputError, match="integers"):
+        task.log_likelihood(theta, x_o + 0.5)
+
+
+def test_sir_grid_reference_matches_direct_quadrature():
+    """Independent of the time rescaling and of the zoom: posterior mean and
+    sd by quadrature on a 60 x 60 grid of direct ODE solves over +-6 reference
+    sd, against the 4000 reference samples (5 se; se of an sd ~ sd / sqrt(2n))."""
+    task = SIR()
+    _, x_o = task.observations(1, seed=0)
+    samples = task.reference_posterior(x_o[0], 4000, seed=0, cache=False)
+    assert samples.shape == (4000, 2) and (samples > 0).all()
+    mean, sd = samples.mean(0), samples.std(0)
+    axes = [np.linspace(m - 6 * s, m + 6 * s, 60) for m, s in zip(mean, sd)]
+    b, g = np.meshgrid(*axes, indexing="ij")
+    theta = np.stack([b.ravel(), g.ravel()], axis=1)
+    log_post = task.log_likelihood(theta, x_o[0]) + task.prior.log_prob(torch.from_numpy(theta)).numpy()
+    w = np.exp(log_post - log_post.max())
+    w /= w.sum()
+    q_mean = w @ theta
+    q_sd = np.sqrt(w @ (theta - q_mean) ** 2)
+    np.testing.assert_array_less(np.abs(mean - q_mean), 5 * q_sd / math.sqrt(4000))
+    np.testing.assert_array_less(np.abs(sd - q_sd), 5 * q_sd / math.sqrt(2 * 4000))

@@ -12,15 +12,17 @@ from typing import Any, Callable
 
 from mfask.benchmarks.tasks.base import Task
 from mfask.benchmarks.tasks.ou import OrnsteinUhlenbeck
+from mfask.benchmarks.tasks.sir import SIR
 from mfask.benchmarks.tasks.slcp import SLCP
 from mfask.errors import InvalidInputError
 
-__all__ = ["Task", "OrnsteinUhlenbeck", "SLCP", "TASK_NAMES", "get_task"]
+__all__ = ["Task", "OrnsteinUhlenbeck", "SLCP", "SIR", "TASK_NAMES", "get_task"]
 
 _REGISTRY: dict[str, Callable[..., Task]] = {
     "ou": OrnsteinUhlenbeck,
     "ou4": lambda **kwargs: OrnsteinUhlenbeck(dim=4, **kwargs),
     "slcp": SLCP,
+    "sir": SIR,
 }
 
 #: the names :func:`get_task` accepts
