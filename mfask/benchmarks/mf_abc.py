@@ -12,7 +12,8 @@ prior draw ``theta_i``:
    whose expectation over the continuation coin is the HF acceptance
    ``a_H,i``: the weighted sample targets the HF ABC posterior;
 4. clamp negative weights to 0 (this trades a little bias for less variance,
-   as in Prescott and Baker), normalise, resample.
+   as in Prescott and Baker), normalise; :meth:`MFABCResult.resample` draws
+   posterior samples from the weighted draws.
 
 Choices this module makes (the method leaves them open):
 
@@ -63,8 +64,6 @@ class MFABCResult:
     """The outcome of one MF-ABC run at one observation.
 
     Attributes:
-        samples: ``(num_samples, d)`` posterior samples, resampled with
-            replacement from ``theta`` by ``weights``.
         theta: ``(N, d)`` the processed prior draws.
         weights: ``(N,)`` normalised non-negative weights.
         continued: ``(N,)`` bool, whether the draw was run at HF.
@@ -75,7 +74,6 @@ class MFABCResult:
         num_high: HF simulations run.
     """
 
-    samples: np.ndarray
     theta: np.ndarray
     weights: np.ndarray
     continued: np.ndarray
@@ -90,6 +88,12 @@ class MFABCResult:
     def effective_sample_size(self) -> float:
         """Kish's effective sample size ``(sum w)^2 / sum w^2`` of the weights."""
         return float(self.weights.sum() ** 2 / np.sum(self.weights**2))
+
+    def resample(self, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """``(num_samples, d)`` posterior samples: draws of ``theta`` with
+        replacement, with probabilities ``weights``."""
+        index = rng.choice(self.theta.shape[0], size=int(num_samples), replace=True, p=self.weights)
+        return self.theta[index]
 
 
 def weighted_quantile_threshold(
@@ -157,7 +161,6 @@ def mf_abc(
     quantile: float = 0.1,
     eta_accept: float = 0.9,
     eta_reject: float = 0.3,
-    num_samples: int = 1000,
 ) -> MFABCResult:
     """Run MF-ABC at one observation (see the module docstring).
 
@@ -168,14 +171,13 @@ def mf_abc(
         x_o: one observation ``(*x_shape)``.
         num_low: size of the LF pool (LF simulations run up front).
         num_high: exact number of HF simulations.
-        rng: drives the continuation coins and the resampling (the
-            simulators and the prior sampler carry their own randomness).
+        rng: drives the continuation coins (the simulators and the prior
+            sampler carry their own randomness).
         quantile: acceptance quantile for ``eps_L`` and ``eps_H``.
         eta_accept, eta_reject: continuation probabilities after an LF
             accept / reject.
-        num_samples: posterior samples to resample.
     """
-    for name, value in (("num_low", num_low), ("num_high", num_high), ("num_samples", num_samples)):
+    for name, value in (("num_low", num_low), ("num_high", num_high)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise InvalidInputError(f"{name} must be a positive integer; got {value!r}")
     if not (0 < eta_accept <= 1 and 0 < eta_reject <= 1):
@@ -229,15 +231,13 @@ def mf_abc(
     d_high = np.full(stop, np.nan)
     d_high[coins] = d_run
 
-    # 4. weights, clamp, normalise, resample
+    # 4. weights, clamp, normalise
     accept_low = (d_low < eps_low).astype(np.float64)
     weights = accept_low.copy()
     weights[coins] += ((d_run < eps_high).astype(np.float64) - accept_low[coins]) / eta[coins]
     weights = np.clip(weights, 0.0, None)
     weights /= weights.sum()  # > 0: the closest HF run is always accepted
-    index = rng.choice(stop, size=int(num_samples), replace=True, p=weights)
     return MFABCResult(
-        samples=theta[index],
         theta=theta,
         weights=weights,
         continued=coins,
