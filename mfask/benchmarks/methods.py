@@ -1,0 +1,402 @@
+"""The methods a benchmark compares, each run exactly as a user would run it.
+
+Every neural method drives :class:`~mfask.posterior.MultiFidelityPosterior`
+only through its public API: ``ask`` a batch, simulate what it returned with
+the task's simulator, ``tell`` the outputs back, then ``fit``/``sample``/
+``log_prob``. Nothing reaches into the object's internals.
+
+A method is called as ``method(task, x_o, budget, seed, config)`` and returns
+a :class:`PosteriorEstimate` for the ``m`` observations ``x_o (m, *x_shape)``;
+the runner scores it. The methods never see the true parameters.
+
+Methods (:data:`METHODS`):
+
+* ``npe``: amortized NPE on ``budget.high`` high-fidelity (HF) simulations.
+* ``mf-npe``: amortized MF-NPE: ``budget.low`` simulations at every lower
+  fidelity (pre-training, low to high), then ``budget.high`` HF simulations
+  (fine-tuning).
+* ``mf-abc``: multi-fidelity ABC (:mod:`mfask.benchmarks.mf_abc`), run per
+  observation: an LF pool of ``budget.low`` and exactly ``budget.high`` HF runs.
+* ``sbi-npe``: the ``sbi`` package's NPE (neural spline flow of the same size,
+  same training settings) trained on the very HF simulations ``npe`` uses;
+  an outside reference, available when ``sbi`` is installed.
+
+Budgets: amortized methods spend their budget once for all observations;
+per-observation methods (``mf-abc``) spend it at each observation, as in the
+paper. :attr:`PosteriorEstimate.simulations` records the simulator runs
+actually made, summed over observations.
+
+Same data across methods: the HF simulations of ``npe``, ``mf-npe`` and
+``sbi-npe`` at the same ``seed`` are identical. The posterior is seeded with
+``seed`` and asked for the HF batch first (so the parameters are the first
+draws of the same stream), and each fidelity is simulated with a generator
+derived from ``(seed, fidelity index)`` only.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from mfask.benchmarks.mf_abc import MFABCResult, mf_abc
+from mfask.benchmarks.tasks.base import Task
+from mfask.errors import InvalidInputError
+from mfask.estimator import FlowConfig
+from mfask.fidelity import Fidelity
+from mfask.posterior import MultiFidelityPosterior
+from mfask.training import TrainingConfig
+
+__all__ = [
+    "Budget",
+    "MethodConfig",
+    "PosteriorEstimate",
+    "AmortizedEstimate",
+    "WeightedSampleEstimate",
+    "Method",
+    "METHODS",
+    "get_method",
+    "simulation_rng",
+    "npe",
+    "mf_npe",
+    "mf_abc_method",
+    "sbi_npe",
+]
+
+# stream keys for numpy generators derived from a job seed
+_SIMULATION_STREAM = 1
+_ABC_STREAM = 2
+_RESAMPLE_STREAM = 3
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Simulator runs a method may make.
+
+    Attributes:
+        low: runs at each lower fidelity (0 for single-fidelity methods).
+        high: runs at the high fidelity.
+    """
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.low, int) and self.low >= 0):
+            raise InvalidInputError(f"the low-fidelity budget must be an integer >= 0; got {self.low!r}")
+        if not (isinstance(self.high, int) and self.high >= 2):
+            raise InvalidInputError(f"the high-fidelity budget must be an integer >= 2; got {self.high!r}")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings shared by the methods (part of a benchmark job's identity).
+
+    Attributes:
+        flow: the flow architecture of the neural methods.
+        training: their training loop.
+        num_rounds: rounds of the sequential methods (the HF budget is split
+            evenly across them).
+        ensemble_size: flows in the acquisition ensemble of A-MF-TSNPE.
+        abc_quantile: acceptance quantile of MF-ABC for both thresholds.
+    """
+
+    flow: FlowConfig = FlowConfig()
+    training: TrainingConfig = TrainingConfig()
+    num_rounds: int = 4
+    ensemble_size: int = 5
+    abc_quantile: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MethodConfig":
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["flow"] = FlowConfig(**values.get("flow", {}))
+        values["training"] = TrainingConfig(**values.get("training", {}))
+        return cls(**values)
+
+
+class PosteriorEstimate(abc.ABC):
+    """A fitted posterior for ``m`` observations, as the runner scores it.
+
+    Attributes:
+        simulations: simulator runs made per fidelity name (all
+            observations together).
+        info: method-specific extras (JSON-compatible), e.g. ABC thresholds.
+    """
+
+    def __init__(self, simulations: dict[str, int], info: dict[str, Any] | None = None) -> None:
+        self.simulations = dict(simulations)
+        self.info = dict(info or {})
+
+    @abc.abstractmethod
+    def sample(self, num_samples: int) -> np.ndarray:
+        """Posterior samples ``(m, num_samples, d)``, one set per observation."""
+
+    def log_prob(self, theta: np.ndarray) -> np.ndarray | None:
+        """``log q(theta_i | x_o_i)`` ``(m,)`` for ``theta (m, d)``; ``None``
+        when the method has no density (e.g. ABC)."""
+        return None
+
+
+class AmortizedEstimate(PosteriorEstimate):
+    """One :class:`MultiFidelityPosterior` evaluated at every observation."""
+
+    def __init__(self, posterior: MultiFidelityPosterior, x_o: np.ndarray, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.posterior = posterior
+        self.x_o = x_o
+
+    def sample(self, num_samples: int) -> np.ndarray:
+        return self.posterior.sample_batched(num_samples, self.x_o)
+
+    def log_prob(self, theta: np.ndarray) -> np.ndarray:
+        return self.posterior.log_prob_batched(np.asarray(theta)[:, None, :], self.x_o)[:, 0]
+
+
+class WeightedSampleEstimate(PosteriorEstimate):
+    """Weighted particles per observation (no density), e.g. from ABC;
+    ``sample(n)`` resamples each observation's particles by weight.
+
+    Arguments:
+        results: one :class:`~mfask.benchmarks.mf_abc.MFABCResult` per observation.
+        rng: drives the resampling.
+    """
+
+    def __init__(self, results: Sequence[MFABCResult], rng: np.random.Generator, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.results = list(results)
+        self.rng = rng
+
+    def sample(self, num_samples: int) -> np.ndarray:
+        return np.stack([result.resample(num_samples, self.rng) for result in self.results])
+
+
+class Method(Protocol):
+    """``method(task, x_o (m, *x_shape), budget, seed, config) -> PosteriorEstimate``."""
+
+    def __call__(
+        self, task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig
+    ) -> PosteriorEstimate: ...
+
+
+def simulation_rng(seed: int, task: Task, fidelity: str, *keys: int) -> np.random.Generator:
+    """The generator that simulates ``fidelity`` in job ``seed`` (``keys``
+    tell apart e.g. observations of a per-observation method)."""
+    return np.random.default_rng([int(seed), _SIMULATION_STREAM, task.fidelities.index(fidelity), *keys])
+
+
+def _fidelity(task: Task, name: str) -> Fidelity:
+    used = task.parameters_used.get(name)
+    return Fidelity(name, tuple(used) if used is not None else None)
+
+
+def _new_posterior(task: Task, fidelities: Sequence[str], seed: int, config: MethodConfig,
+                   **kwargs: Any) -> MultiFidelityPosterior:
+    """A posterior over ``fidelities`` (low to high) as a user would build it."""
+    factory: Callable[[], torch.nn.Module] | None = getattr(task, "embedding_net", None)
+    return MultiFidelityPosterior(
+        task.prior,
+        [_fidelity(task, name) for name in fidelities],
+        seed=int(seed),
+        flow=config.flow,
+        training=config.training,
+        embedding_net=factory() if factory is not None else None,
+        **kwargs,
+    )
+
+
+def _ask_simulate_tell(
+    posterior: MultiFidelityPosterior, task: Task, fidelity: str, n: int, rng: np.random.Generator
+) -> int:
+    """Ask ``n`` parameters at ``fidelity``, simulate them, tell the outputs;
+    returns ``n`` (the runs made)."""
+    batch = posterior.ask(fidelity, n)
+    posterior.tell(batch, task.simulate(np.array(batch.theta), fidelity, rng))
+    return n
+
+
+def _amortized(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
+               fidelities: Sequence[str]) -> AmortizedEstimate:
+    """Shared body of NPE (one fidelity) and MF-NPE (all of them)."""
+    high = task.fidelities[-1]
+    posterior = _new_posterior(task, fidelities, seed, config)
+    simulations = {high: _ask_simulate_tell(posterior, task, high, budget.high,
+                                            simulation_rng(seed, task, high))}
+    for name in fidelities[:-1]:
+        simulations[name] = _ask_simulate_tell(posterior, task, name, budget.low,
+                                               simulation_rng(seed, task, name))
+    posterior.fit()
+    return AmortizedEstimate(posterior, x_o, simulations=simulations)
+
+
+def npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> AmortizedEstimate:
+    """Amortized NPE on ``budget.high`` HF simulations (``budget.low`` unused)."""
+    return _amortized(task, x_o, budget, seed, config, [task.fidelities[-1]])
+
+
+def mf_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> AmortizedEstimate:
+    """Amortized MF-NPE: ``budget.low`` runs at each lower fidelity, then
+    ``budget.high`` HF runs; each level starts from the weights below."""
+    if budget.low < 2:
+        raise InvalidInputError(f"mf-npe needs a low-fidelity budget >= 2; got {budget.low}")
+    return _amortized(task, x_o, budget, seed, config, task.fidelities)
+
+
+def mf_abc_method(task: Task, x_o: np.ndarray, budget: Budget, seed: int,
+                  config: MethodConfig) -> WeightedSampleEstimate:
+    """MF-ABC at each observation with the task's lowest and highest fidelity.
+
+    ``budget.low`` is the LF pool per observation (more LF runs are made if
+    the pool runs out before ``budget.high`` HF runs); ``budget.high`` is the
+    exact number of HF runs per observation.
+    """
+    if budget.low < 1:
+        raise InvalidInputError(f"mf-abc needs a low-fidelity budget >= 1; got {budget.low}")
+    low, high = task.fidelities[0], task.fidelities[-1]
+    results, info = [], {"eps_low": [], "eps_high": [], "effective_sample_size": []}
+    simulations = {low: 0, high: 0}
+    for i, observation in enumerate(np.asarray(x_o)):
+        rng_low = simulation_rng(seed, task, low, i)
+        rng_high = simulation_rng(seed, task, high, i)
+        rng_prior = np.random.default_rng([int(seed), _ABC_STREAM, i, 0])
+        result = mf_abc(
+            lambda theta: task.simulate(theta, low, rng_low),
+            lambda theta: task.simulate(theta, high, rng_high),
+            lambda n: task.sample_prior(n, rng_prior),
+            observation,
+            num_low=budget.low,
+            num_high=budget.high,
+            rng=np.random.default_rng([int(seed), _ABC_STREAM, i, 1]),
+            quantile=config.abc_quantile,
+        )
+        results.append(result)
+        simulations[low] += result.num_low
+        simulations[high] += result.num_high
+        info["eps_low"].append(result.eps_low)
+        info["eps_high"].append(result.eps_high)
+        info["effective_sample_size"].append(result.effective_sample_size)
+    rng = np.random.default_rng([int(seed), _RESAMPLE_STREAM])
+    return WeightedSampleEstimate(results, rng, simulations=simulations, info=info)
+
+
+# ----------------------------------------------------------------- sbi (optional)
+class _SbiEstimate(PosteriorEstimate):
+    """An ``sbi`` posterior evaluated at each observation in turn."""
+
+    def __init__(self, posterior: Any, x_o: np.ndarray, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.posterior = posterior
+        self.x_o = torch.as_tensor(np.asarray(x_o), dtype=torch.float32)
+
+    def sample(self, num_samples: int) -> np.ndarray:
+        return np.stack([
+            self.posterior.sample((num_samples,), x=x, show_progress_bars=False).double().numpy()
+            for x in self.x_o
+        ])
+
+    def log_prob(self, theta: np.ndarray) -> np.ndarray:
+        theta_t = torch.as_tensor(np.asarray(theta), dtype=torch.float32)
+        return np.array([
+            float(self.posterior.log_prob(theta_t[i:i + 1], x=x)[0]) for i, x in enumerate(self.x_o)
+        ])
+
+
+def _sbi_prior(task: Task) -> torch.distributions.Distribution:
+    """The task's prior as a torch distribution ``sbi`` accepts (float32)."""
+    from sbi.utils import BoxUniform, MultipleIndependent
+
+    marginals = task.prior.marginals
+    if all(isinstance(m, torch.distributions.Uniform) for m in marginals):
+        low, high = task.prior.bounds
+        return BoxUniform(low.float(), high.float())
+    cast = []
+    for marginal in marginals:
+        parameters = {name: torch.as_tensor(getattr(marginal, name), dtype=torch.float32).reshape(1)
+                      for name in marginal.arg_constraints}
+        cast.append(type(marginal)(**parameters))
+    return MultipleIndependent(cast, validate_args=False)
+
+
+def sbi_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> PosteriorEstimate:
+    """``sbi``'s NPE trained on the HF simulations ``npe`` uses at this seed.
+
+    The data are produced through a one-fidelity :class:`MultiFidelityPosterior`
+    exactly as in :func:`npe` and read back with ``data()``; ``sbi`` then
+    trains a neural spline flow with the same width, number of transforms and
+    bins and the same training settings (its own z-scoring and prior handling).
+    """
+    try:
+        from sbi.inference import NPE
+        from sbi.neural_nets import posterior_nn
+    except ImportError as error:
+        raise ImportError("the sbi-npe method needs the optional package sbi") from error
+    high = task.fidelities[-1]
+    producer = _new_posterior(task, [high], seed, config)
+    simulations = {high: _ask_simulate_tell(producer, task, high, budget.high,
+                                            simulation_rng(seed, task, high))}
+    theta, x = producer.data(high)
+    torch.manual_seed(int(seed))
+    builder = posterior_nn(
+        model="nsf",
+        hidden_features=config.flow.hidden_features,
+        num_transforms=config.flow.num_transforms,
+        num_bins=config.flow.num_bins,
+    )
+    inference = NPE(prior=_sbi_prior(task), density_estimator=builder, show_progress_bars=False)
+    inference.append_simulations(
+        torch.as_tensor(theta, dtype=torch.float32),
+        torch.as_tensor(x.reshape(x.shape[0], -1), dtype=torch.float32),
+    )
+    training = config.training
+    estimator = inference.train(
+        training_batch_size=training.batch_size,
+        learning_rate=training.learning_rate,
+        validation_fraction=training.validation_fraction,
+        stop_after_epochs=training.stop_after_epochs,
+        max_num_epochs=training.max_epochs,
+        clip_max_norm=training.clip_max_norm,
+    )
+    posterior = inference.build_posterior(estimator)
+    flat = np.asarray(x_o).reshape(np.asarray(x_o).shape[0], -1)
+    return _SbiEstimate(posterior, flat, simulations=simulations)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A registered method: the callable and what its budget means."""
+
+    run: Method
+    uses_low: bool
+    per_observation: bool
+    description: str = field(default="")
+
+
+#: the methods by name; ``uses_low`` says whether ``Budget.low`` matters and
+#: ``per_observation`` whether the budget is spent per observation.
+METHODS: dict[str, _Entry] = {
+    "npe": _Entry(npe, uses_low=False, per_observation=False,
+                  description="amortized NPE on the HF budget"),
+    "mf-npe": _Entry(mf_npe, uses_low=True, per_observation=False,
+                     description="LF pre-training, HF fine-tuning, amortized"),
+    "mf-abc": _Entry(mf_abc_method, uses_low=True, per_observation=True,
+                     description="multi-fidelity rejection ABC (Prescott and Baker)"),
+    "sbi-npe": _Entry(sbi_npe, uses_low=False, per_observation=False,
+                      description="sbi's NPE on the same HF data as npe (outside reference)"),
+}
+
+
+def get_method(name: str) -> _Entry:
+    """The registered method ``name`` (a key of :data:`METHODS`)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown method {name!r}; available: {', '.join(METHODS)}") from None
