@@ -1,0 +1,337 @@
+"""Run benchmark jobs in parallel, score them, append each result to a file.
+
+A *job* is one method on one task at one budget and seed: it draws the task's
+observations (the same for every job with the same ``observation_seed``),
+builds the method's posterior (:mod:`mfask.benchmarks.methods`), and scores it
+at each observation with :mod:`mfask.diagnostics`:
+
+* ``c2st``: classifier two-sample test against reference posterior samples
+  (tasks with a reference; 0.5 is perfect);
+* ``nltp``: ``-log q(theta_true | x_o)`` (methods with a density);
+* ``nrmse``: RMSE of posterior samples around ``theta_true`` over the prior
+  scale (width of a bounded prior, else its standard deviation).
+
+Each metric is stored per observation; the report pools them over seeds and
+observations (as the paper does). A job also records its inference time
+(simulation, training and posterior sampling, not scoring), its peak memory,
+and the simulator runs it made.
+
+:func:`run_benchmark` runs jobs with joblib (processes), appends each finished
+job as one JSON line (:mod:`mfask.benchmarks.results`) as soon as it returns,
+skips jobs whose key is already in the file (resume after an interruption),
+and prints ``done/total, rate, ETA`` lines on standard error.
+
+Peak memory: on Linux the worker resets its peak resident set size
+(``/proc/self/clear_refs``) when a job starts and reads ``VmHWM`` after
+inference, so ``peak_rss_mb`` is the job's own peak (it includes the Python
+process with torch loaded, a few hundred MB). Elsewhere it falls back to
+``resource.getrusage`` (the worker process's lifetime peak;
+``peak_rss_scope`` says which).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence, TextIO
+
+import numpy as np
+
+from mfask.benchmarks.methods import Budget, MethodConfig, PosteriorEstimate, get_method
+from mfask.benchmarks.results import append_row, completed_keys
+from mfask.benchmarks.tasks import Task, get_task
+from mfask.diagnostics import c2st, nltp, nrmse
+from mfask.errors import InvalidInputError
+
+__all__ = ["Job", "RunSummary", "plan_jobs", "run_job", "run_benchmark", "score_estimate"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One benchmark run: ``method`` on ``task`` at budget ``(low, high)``.
+
+    Attributes:
+        task: task name (:func:`~mfask.benchmarks.tasks.get_task`).
+        method: method name (:data:`~mfask.benchmarks.methods.METHODS`).
+        low, high: the budget (``low`` is 0 for single-fidelity methods).
+        seed: seeds the method (its asks, simulations and training).
+        num_observations: observations ``m`` scored.
+        observation_seed: seeds the observations (shared by all jobs).
+        num_samples: posterior (and reference) samples per observation.
+        config: the methods' settings.
+    """
+
+    task: str
+    method: str
+    low: int
+    high: int
+    seed: int
+    num_observations: int = 10
+    observation_seed: int = 0
+    num_samples: int = 1000
+    config: MethodConfig = field(default_factory=MethodConfig)
+
+    def identity(self) -> dict[str, Any]:
+        """The JSON-compatible fields that define the job."""
+        return {
+            "task": self.task, "method": self.method, "low": self.low, "high": self.high,
+            "seed": self.seed, "num_observations": self.num_observations,
+            "observation_seed": self.observation_seed, "num_samples": self.num_samples,
+            "config": self.config.to_dict(),
+        }
+
+    @property
+    def key(self) -> str:
+        """A readable unique key; the settings enter through a short hash."""
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+        return (f"{self.task}/{self.method}/low={self.low}/high={self.high}/seed={self.seed}"
+                f"/obs={self.num_observations}@{self.observation_seed}/{digest}")
+
+    def describe(self) -> str:
+        """Short label for progress lines."""
+        low = f" low={self.low}" if self.low else ""
+        return f"{self.task} {self.method}{low} high={self.high} seed={self.seed}"
+
+
+def plan_jobs(
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    lows: Sequence[int],
+    highs: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    num_observations: int = 10,
+    observation_seed: int = 0,
+    num_samples: int = 1000,
+    config: MethodConfig = MethodConfig(),
+) -> list[Job]:
+    """The job grid: every task x method x LF budget x HF budget x seed.
+
+    Methods that do not use the low fidelity get one job per HF budget and
+    seed, with ``low = 0``. Raises :class:`InvalidInputError` for unknown
+    tasks or methods (before anything runs).
+    """
+    for task in tasks:
+        get_task(task)
+    entries = {name: get_method(name) for name in methods}
+    jobs: list[Job] = []
+    for task in tasks:
+        for method, entry in entries.items():
+            for low in (sorted(set(lows)) if entry.uses_low else [0]):
+                for high in sorted(set(highs)):
+                    for seed in seeds:
+                        jobs.append(Job(task, method, int(low), int(high), int(seed),
+                                        num_observations, observation_seed, num_samples, config))
+    return jobs
+
+
+# ---------------------------------------------------------------- memory
+def _reset_peak_memory() -> str:
+    """Reset the process's peak RSS if the OS allows; returns the scope the
+    next :func:`_peak_memory_mb` reading covers (``"job"`` or ``"process"``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return "job"
+    except OSError:
+        return "process"
+
+
+def _peak_memory_mb(scope: str) -> float:
+    """Peak resident set size in MB since the reset (``"job"``) or since the
+    process started (``"process"``)."""
+    if scope == "job":
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+# ---------------------------------------------------------------- scoring
+def score_estimate(
+    task: Task,
+    estimate: PosteriorEstimate,
+    theta_true: np.ndarray,
+    x_o: np.ndarray,
+    num_samples: int,
+    samples: np.ndarray | None = None,
+) -> dict[str, list[float] | None]:
+    """Per-observation metrics of ``estimate``: ``{"c2st", "nltp", "nrmse"}``,
+    each a list of ``m`` floats, or ``None`` when it does not apply (no
+    reference posterior, no density).
+
+    Arguments:
+        theta_true: ``(m, d)``; x_o: ``(m, *x_shape)``.
+        samples: ``(m, num_samples, d)`` posterior samples if already drawn.
+    """
+    if samples is None:
+        samples = estimate.sample(num_samples)
+    scale = task.prior.scale.numpy()
+    metrics: dict[str, list[float] | None] = {
+        "nrmse": [nrmse(samples[i], theta_true[i], scale) for i in range(len(x_o))],
+    }
+    log_prob = estimate.log_prob(theta_true)
+    metrics["nltp"] = None if log_prob is None else [nltp(value) for value in log_prob]
+    try:
+        references = [task.reference_posterior(x_o[i], num_samples, seed=i) for i in range(len(x_o))]
+    except NotImplementedError:
+        metrics["c2st"] = None
+    else:
+        metrics["c2st"] = [c2st(references[i], samples[i], seed=i) for i in range(len(x_o))]
+    return metrics
+
+
+# ---------------------------------------------------------------- one job
+def run_job(job: Job, threads: int | None = 1) -> dict[str, Any]:
+    """Run and score one job; returns its result row (never raises for a
+    failure of the method: the row then has ``status="error"``).
+
+    ``threads`` caps torch's intra-op threads for the job (restored after);
+    ``None`` leaves them alone. One thread per job is fastest when jobs run
+    in parallel on a busy machine.
+    """
+    import torch
+
+    import mfask
+
+    row: dict[str, Any] = {"key": job.key, **job.identity(), "mfask_version": mfask.__version__}
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    started = time.perf_counter()
+    try:
+        task = get_task(job.task)
+        theta_true, x_o = task.observations(job.num_observations, seed=job.observation_seed)
+        method = get_method(job.method)
+        scope = _reset_peak_memory()
+        estimate = method.run(task, x_o, Budget(job.low, job.high), job.seed, job.config)
+        samples = estimate.sample(job.num_samples)
+        inference_seconds = time.perf_counter() - started
+        peak = _peak_memory_mb(scope)
+        metrics = score_estimate(task, estimate, theta_true, x_o, job.num_samples, samples)
+        row.update(
+            status="ok",
+            metrics=metrics,
+            simulations=estimate.simulations,
+            info=estimate.info,
+            inference_seconds=inference_seconds,
+            scoring_seconds=time.perf_counter() - started - inference_seconds,
+            peak_rss_mb=peak,
+            peak_rss_scope=scope,
+        )
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # recorded, and retried on the next run
+        row.update(status="error", error=f"{type(error).__name__}: {error}",
+                   traceback=traceback.format_exc(limit=20))
+    finally:
+        torch.set_num_threads(previous_threads)
+    row.update(total_seconds=time.perf_counter() - started, threads=threads,
+               finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return row
+
+
+# ---------------------------------------------------------------- progress
+def _duration(seconds: float) -> str:
+    """``3725`` -> ``"1h02m05s"``, ``42.4`` -> ``"42s"``."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class _Progress:
+    """``[benchmarks] done/total`` lines with rate and ETA on a stream."""
+
+    def __init__(self, total: int, skipped: int, stream: TextIO | None) -> None:
+        self.total, self.done, self.stream = total, skipped, stream
+        self.started = time.monotonic()
+        self.new = 0
+        if stream is not None and skipped:
+            print(f"[benchmarks] {skipped}/{total} jobs already in the results file; skipping them",
+                  file=stream, flush=True)
+
+    def update(self, row: dict[str, Any], label: str) -> None:
+        self.done += 1
+        self.new += 1
+        if self.stream is None:
+            return
+        elapsed = time.monotonic() - self.started
+        rate = self.new / elapsed if elapsed > 0 else float("inf")
+        remaining = self.total - self.done
+        eta = _duration(remaining / rate) if rate > 0 else "?"
+        if row["status"] == "ok":
+            values = [f"{name} {np.mean(v):.3f}" for name, v in row["metrics"].items() if v is not None]
+            outcome = f"{row['inference_seconds']:.1f}s, " + ", ".join(values)
+        else:
+            outcome = f"FAILED ({row['error']})"
+        print(f"[benchmarks] {self.done}/{self.total} done, {60 * rate:.2f} jobs/min, "
+              f"ETA {eta} | {label}: {outcome}", file=self.stream, flush=True)
+
+
+# ---------------------------------------------------------------- many jobs
+@dataclass(frozen=True)
+class RunSummary:
+    """What :func:`run_benchmark` did.
+
+    Attributes:
+        total: jobs planned.
+        skipped: jobs already done in the results file.
+        succeeded, failed: jobs run now, by outcome.
+        seconds: wall-clock time of the run.
+    """
+
+    total: int
+    skipped: int
+    succeeded: int
+    failed: int
+    seconds: float
+
+
+def run_benchmark(
+    jobs: Iterable[Job],
+    output: str | os.PathLike[str],
+    *,
+    n_jobs: int = 1,
+    threads_per_job: int | None = 1,
+    progress: TextIO | None = sys.stderr,
+) -> RunSummary:
+    """Run the jobs not yet done in ``output``; append each result as it finishes.
+
+    Arguments:
+        jobs: from :func:`plan_jobs` (duplicates are run once).
+        output: the JSON Lines results file (created if missing).
+        n_jobs: joblib worker processes (``1`` runs in this process, ``-1``
+            uses every core).
+        threads_per_job: torch threads per job (:func:`run_job`).
+        progress: stream for progress lines; ``None`` for silence.
+    """
+    from joblib import Parallel, delayed
+
+    unique = list({job.key: job for job in jobs}.values())
+    done = completed_keys(output)
+    pending = [job for job in unique if job.key not in done]
+    tracker = _Progress(len(unique), len(unique) - len(pending), progress)
+    started = time.monotonic()
+    counts = {"ok": 0, "error": 0}
+    if pending:
+        labels = {job.key: job.describe() for job in pending}
+        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        for row in parallel(delayed(run_job)(job, threads_per_job) for job in pending):
+            append_row(output, row)
+            counts[row["status"]] += 1
+            tracker.update(row, labels[row["key"]])
+    return RunSummary(len(unique), len(unique) - len(pending), counts["ok"], counts["error"],
+                      time.monotonic() - started)
