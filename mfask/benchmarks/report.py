@@ -1,0 +1,226 @@
+"""Turn a benchmark results file into markdown tables and plots.
+
+For each task, :func:`write_report` writes ``<task>.md`` with one table per
+metric (rows: method and LF budget; columns: HF budget; cells
+``mean ± std (n)``) and ``<task>.png`` with each metric against the HF budget.
+
+Pooling: quality metrics (``c2st``, ``nltp``, ``nrmse``) are stored per
+observation; mean and std are taken over every (seed, observation) value, as
+in the paper, and ``n`` is written ``runs×observations``. Cost metrics
+(``inference_seconds``, ``peak_rss_mb``) are one value per run and ``n`` is
+the number of runs. Only rows with ``status == "ok"`` are pooled; failed jobs
+are listed under the tables.
+
+Usage: ``python -m mfask.benchmarks.report results/ou.jsonl --report-dir docs/benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from mfask.benchmarks.results import read_rows
+
+__all__ = ["METRICS", "Cell", "summarise", "markdown_report", "plot_task", "write_report", "main"]
+
+#: metric name -> (title, stored per observation?)
+METRICS: dict[str, tuple[str, bool]] = {
+    "c2st": ("C2ST accuracy (0.5 is perfect)", True),
+    "nltp": ("NLTP, -log q(theta_true | x_o)", True),
+    "nrmse": ("NRMSE", True),
+    "inference_seconds": ("wall-clock seconds (simulate + train + sample)", False),
+    "peak_rss_mb": ("peak memory of the worker (MB)", False),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: a metric of a method at one budget, pooled.
+
+    Attributes:
+        mean, std: over the pooled values (std with ``ddof=0``; 0 for one value).
+        runs: jobs pooled.
+        per_run: values per job (observations; 1 for cost metrics).
+    """
+
+    mean: float
+    std: float
+    runs: int
+    per_run: int
+
+    def format(self, digits: int = 3) -> str:
+        count = f"{self.runs}×{self.per_run}" if self.per_run > 1 else f"{self.runs}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} ({count})"
+
+
+def _label(method: str, low: int) -> str:
+    return f"{method} (LF {low})" if low else method
+
+
+def _ordered_labels(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Method labels in order of first appearance (the order jobs were planned)."""
+    return list(dict.fromkeys(_label(row["method"], row["low"]) for row in rows
+                              if row.get("status") == "ok"))
+
+
+def _values(row: dict[str, Any], metric: str) -> list[float] | None:
+    """The row's values of ``metric`` (``None`` if it does not apply)."""
+    if METRICS[metric][1]:
+        return row["metrics"].get(metric)
+    value = row.get(metric)
+    return None if value is None else [float(value)]
+
+
+def summarise(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, int], Cell]:
+    """Pool successful rows: ``(task, metric, method label, high) -> Cell``."""
+    groups: dict[tuple[str, str, str, int], list[list[float]]] = defaultdict(list)
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        label = _label(row["method"], row["low"])
+        for metric in METRICS:
+            values = _values(row, metric)
+            if values is not None:
+                groups[(row["task"], metric, label, int(row["high"]))].append(values)
+    cells = {}
+    for key, runs in groups.items():
+        pooled = np.array([v for run in runs for v in run], dtype=np.float64)
+        cells[key] = Cell(float(pooled.mean()), float(pooled.std()), len(runs), len(runs[0]))
+    return cells
+
+
+def markdown_report(task: str, rows: Sequence[dict[str, Any]], plot_name: str | None = None) -> str:
+    """The markdown page of one task."""
+    rows = [row for row in rows if row["task"] == task]
+    cells = summarise(rows)
+    lines = [f"# Benchmark results: {task}", ""]
+    ok = [row for row in rows if row.get("status") == "ok"]
+    if ok:
+        seeds = sorted({row["seed"] for row in ok})
+        observations = sorted({row["num_observations"] for row in ok})
+        lines += [
+            f"{len(ok)} runs; seeds {seeds}; {', '.join(map(str, observations))} observation(s) per run "
+            f"(observation seed {sorted({row['observation_seed'] for row in ok})}). "
+            "Cells: mean ± std (runs×observations pooled, or runs). Budgets: see "
+            "`docs/benchmarks/methods.md`.",
+            "",
+        ]
+    if plot_name:
+        lines += [f"![metrics vs high-fidelity budget]({plot_name})", ""]
+    labels = _ordered_labels(rows)
+    highs = sorted({key[3] for key in cells})
+    for metric, (title, _) in METRICS.items():
+        if not any(key[1] == metric for key in cells):
+            continue
+        lines += [f"## {title}", "", "| method | " + " | ".join(f"HF {h}" for h in highs) + " |",
+                  "|---|" + "---|" * len(highs)]
+        for label in labels:
+            entries = [cells.get((task, metric, label, h)) for h in highs]
+            if all(entry is None for entry in entries):
+                continue
+            digits = 1 if metric in ("inference_seconds", "peak_rss_mb") else 3
+            lines.append(f"| {label} | " + " | ".join(
+                "" if entry is None else entry.format(digits) for entry in entries) + " |")
+        lines.append("")
+    failed = [row for row in rows if row.get("status") == "error"]
+    done = {row["key"] for row in ok}
+    failed = [row for row in failed if row["key"] not in done]
+    if failed:
+        lines += ["## Failed jobs (not in the tables)", ""]
+        lines += [f"- `{row['key']}`: {row['error']}" for row in failed]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_task(task: str, rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Plot every metric of ``task`` against the HF budget (log axis), one
+    line per method label with ±1 std bars; saved as PNG at ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = summarise(row for row in rows if row["task"] == task)
+    metrics = [m for m in METRICS if any(key[1] == m for key in cells)]
+    labels = _ordered_labels(row for row in rows if row["task"] == task)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    columns = min(3, len(metrics))
+    figure, axes = plt.subplots(math.ceil(len(metrics) / columns), columns,
+                                figsize=(4.3 * columns, 3.3 * math.ceil(len(metrics) / columns)),
+                                squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.axis("off")
+    for ax, metric in zip(axes.flat, metrics):
+        for label in labels:
+            points = sorted((key[3], cell.mean, cell.std) for key, cell in cells.items()
+                            if key[1] == metric and key[2] == label)
+            if not points:
+                continue
+            budget, mean, std = np.array(points).T
+            ax.errorbar(budget, mean, yerr=std, marker="o", capsize=3, label=label,
+                        color=colours[label])
+        ax.set_xscale("log")
+        ax.set_xlabel("high-fidelity simulations")
+        ax.set_title(METRICS[metric][0], fontsize=9)
+        if metric == "c2st":
+            ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    handles = [plt.Line2D([], [], color=colours[label], marker="o", label=label) for label in labels]
+    spare = axes.flat[len(metrics)] if len(metrics) < axes.size else None
+    if spare is not None:
+        spare.legend(handles=handles, loc="center", fontsize=9, frameon=False)
+    else:
+        figure.legend(handles=handles, loc="lower right", fontsize=8, frameon=False)
+    figure.suptitle(f"{task}")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(
+    results: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    report_dir: str | os.PathLike[str],
+    *,
+    plot: bool = True,
+) -> list[Path]:
+    """Write ``<task>.md`` (and ``<task>.png``) for every task in the results
+    file(s) into ``report_dir``; returns the paths written."""
+    rows = read_rows(results)
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in sorted({row["task"] for row in rows}):
+        plot_name = None
+        if plot and any(row["task"] == task and row.get("status") == "ok" for row in rows):
+            plot_name = f"{task}.png"
+            written.append(plot_task(task, rows, report_dir / plot_name))
+        page = report_dir / f"{task}.md"
+        page.write_text(markdown_report(task, rows, plot_name), encoding="utf-8")
+        written.append(page)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m mfask.benchmarks.report RESULTS... --report-dir DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m mfask.benchmarks.report", description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs="+", help="results file(s) (JSON Lines)")
+    parser.add_argument("--report-dir", default="docs/benchmarks/results", help="where to write")
+    parser.add_argument("--no-plot", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    for path in write_report(args.results, args.report_dir, plot=not args.no_plot):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
