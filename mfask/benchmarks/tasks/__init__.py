@@ -4,6 +4,15 @@ Use :func:`get_task` to build a task by name::
 
     task = get_task("ou")            # Ornstein-Uhlenbeck, theta = (mu, sigma)
     task = get_task("ou", dim=3)     # ... with gamma inferred too
+    task = get_task("ou4")           # ... with gamma and offset inferred
+    task = get_task("slcp")          # simple likelihood, complex posterior
+    task = get_task("sir")           # SIR epidemic, theta = (beta, gamma)
+    task = get_task("blob", size=64) # Gaussian blob images (no reference)
+    task = get_task("neuron")        # Hodgkin-Huxley cell, 8 vs 1 compartments
+
+Every task has fidelities ``("low", "high")``; tasks with a tractable
+likelihood have ``reference_posterior(x_o, num_samples, seed=0, cache=True)``,
+cached on disk by :mod:`mfask.benchmarks.tasks.reference_cache`.
 """
 
 from __future__ import annotations
@@ -11,18 +20,31 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from mfask.benchmarks.tasks.base import Task
+from mfask.benchmarks.tasks.blob import GaussianBlob
+from mfask.benchmarks.tasks.neuron import NeuronTask
 from mfask.benchmarks.tasks.ou import OrnsteinUhlenbeck
 from mfask.benchmarks.tasks.sir import SIR
 from mfask.benchmarks.tasks.slcp import SLCP
 from mfask.errors import InvalidInputError
 
-__all__ = ["Task", "OrnsteinUhlenbeck", "SLCP", "SIR", "TASK_NAMES", "get_task"]
+__all__ = [
+    "Task",
+    "OrnsteinUhlenbeck",
+    "SLCP",
+    "SIR",
+    "GaussianBlob",
+    "NeuronTask",
+    "TASK_NAMES",
+    "get_task",
+]
 
 _REGISTRY: dict[str, Callable[..., Task]] = {
     "ou": OrnsteinUhlenbeck,
     "ou4": lambda **kwargs: OrnsteinUhlenbeck(dim=4, **kwargs),
     "slcp": SLCP,
     "sir": SIR,
+    "blob": GaussianBlob,
+    "neuron": NeuronTask,
 }
 
 #: the names :func:`get_task` accepts
