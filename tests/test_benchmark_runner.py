@@ -1,0 +1,156 @@
+"""The benchmark pipeline end to end, resuming, and the MF-ABC baseline.
+
+These check that the machinery works (files, resume, budgets, report), not
+which method wins; the one statistical check is MF-ABC against the analytic
+linear-Gaussian posterior.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mfask import FlowConfig, TrainingConfig
+from mfask.benchmarks.__main__ import PRESETS, main
+from mfask.benchmarks.methods import Budget, MethodConfig, mf_npe, npe
+from mfask.benchmarks.mf_abc import mf_abc, weighted_quantile_threshold
+from mfask.benchmarks.results import append_row, read_rows
+from mfask.benchmarks.runner import Job, plan_jobs, run_benchmark
+from mfask.benchmarks.tasks import get_task
+from mfask.benchmarks.tasks.linear_gaussian import LinearGaussian
+
+
+def test_quick_preset_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MFASK_CACHE_DIR", str(tmp_path / "cache"))
+    output, report = tmp_path / "results.jsonl", tmp_path / "report"
+    argv = ["--preset", "quick", "--output", str(output), "--report-dir", str(report), "--quiet"]
+
+    assert main(argv) == 0
+
+    rows = read_rows(output)
+    preset = PRESETS["quick"]
+    assert sorted(row["method"] for row in rows) == sorted(preset["methods"])
+    for row in rows:
+        assert row["status"] == "ok", row.get("traceback")
+        assert row["task"] == "ou" and row["high"] == 50 and row["num_observations"] == 1
+        metrics = row["metrics"]
+        assert len(metrics["nrmse"]) == 1 and math.isfinite(metrics["nrmse"][0])
+        assert 0.0 <= metrics["c2st"][0] <= 1.0  # the OU task has a reference
+        assert row["inference_seconds"] > 0 and row["peak_rss_mb"] > 0
+        runs = row["simulations"]
+        assert runs["high"] == 50  # HF runs are exactly the budget, for every method
+        if row["method"] == "npe":
+            assert row["low"] == 0 and "low" not in runs
+            assert math.isfinite(metrics["nltp"][0])
+        elif row["method"] == "mf-npe":
+            assert runs["low"] == 200 and math.isfinite(metrics["nltp"][0])
+        elif row["method"] == "mf-abc":
+            assert runs["low"] >= 200 and metrics["nltp"] is None  # ABC has no density
+    page = (report / "ou.md").read_text()
+    assert "| method | HF 50 |" in page and "mf-npe (LF 200)" in page and "(1)" in page
+    assert (report / "ou.png").stat().st_size > 1000
+
+    # a second run finds every job in the file and adds nothing
+    before = output.read_bytes()
+    assert main(argv) == 0
+    assert output.read_bytes() == before
+
+
+def test_failed_jobs_are_recorded_and_run_again(tmp_path):
+    output = tmp_path / "results.jsonl"
+    job = Job("ou", "mf-npe", low=1, high=10, seed=0, num_observations=1)  # LF budget too small
+    summary = run_benchmark([job, job], output, progress=None)
+    assert (summary.total, summary.failed, summary.succeeded) == (1, 1, 0)
+    (row,) = read_rows(output)
+    assert row["status"] == "error" and "low-fidelity budget" in row["error"]
+    # an error is not "done": the next run tries it again
+    assert run_benchmark([job], output, progress=None).failed == 1
+    assert len(read_rows(output)) == 2
+
+
+def test_results_file_survives_a_torn_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_row(path, {"key": "a", "status": "ok"})
+    with open(path, "a") as handle:
+        handle.write('{"key": "b", "sta')  # a write cut short by a crash
+    with pytest.warns(UserWarning, match="not a result row"):
+        assert [row["key"] for row in read_rows(path)] == ["a"]
+    append_row(path, {"key": "c", "status": "ok"})
+    with pytest.warns(UserWarning):
+        assert [row["key"] for row in read_rows(path)] == ["a", "c"]
+    assert json.loads(path.read_text().splitlines()[-1])["key"] == "c"
+
+
+def test_plan_gives_single_fidelity_methods_one_low_budget():
+    jobs = plan_jobs(["ou"], ["npe", "mf-npe"], [100, 1000], [50, 100], [0, 1])
+    assert sum(job.method == "npe" for job in jobs) == 2 * 2
+    assert {job.low for job in jobs if job.method == "npe"} == {0}
+    assert sum(job.method == "mf-npe" for job in jobs) == 2 * 2 * 2
+    assert len({job.key for job in jobs}) == len(jobs)
+
+
+def test_npe_and_mf_npe_see_the_same_high_fidelity_data():
+    task = get_task("ou")
+    _, x_o = task.observations(1, seed=0)
+    config = MethodConfig(flow=FlowConfig(hidden_features=8, num_transforms=1),
+                          training=TrainingConfig(max_epochs=1))
+    single = npe(task, x_o, Budget(0, 12), seed=3, config=config)
+    multi = mf_npe(task, x_o, Budget(20, 12), seed=3, config=config)
+    theta_single, x_single = single.posterior.data("high")
+    theta_multi, x_multi = multi.posterior.data("high")
+    np.testing.assert_array_equal(theta_single, theta_multi)
+    np.testing.assert_array_equal(x_single, x_multi)
+    assert multi.simulations == {"high": 12, "low": 20}
+
+
+def test_weighted_quantile_threshold_selects_the_closest_share():
+    d = np.array([0.5, 0.1, 0.3, 0.2, 0.4])
+    eps = weighted_quantile_threshold(d, 0.4)
+    assert np.sum(d < eps) == 2 and 0.2 < eps < 0.3
+    # weights: the point at 0.1 alone carries half the weight
+    assert np.sum(d < weighted_quantile_threshold(d, 0.5, np.array([1, 4, 1, 1, 1]))) == 1
+
+
+def test_mf_abc_recovers_the_high_fidelity_posterior_mean():
+    task = LinearGaussian()  # LF: x = theta + 0.5 eps; HF: x = 1.3 theta + 0.4 + 0.5 eps
+    x_o = np.array([1.8, -0.6])
+    exact, _ = task.posterior_mean_std(x_o)  # HF posterior mean ~ (0.94, -0.67)
+    lf_mean, _ = task.posterior_mean_std(x_o, "low")  # LF posterior mean (1.44, -0.48)
+    sim = np.random.default_rng(100)
+    result = mf_abc(
+        lambda theta: task.simulate(theta, "low", sim),
+        lambda theta: task.simulate(theta, "high", sim),
+        lambda n: task.sample_prior(n, sim),
+        x_o, num_low=60_000, num_high=20_000, rng=np.random.default_rng(0), quantile=0.05,
+    )
+    assert result.num_high == 20_000 and result.continued.sum() == 20_000
+    assert result.num_low >= 60_000 and np.all(result.weights >= 0)
+    assert result.weights.sum() == pytest.approx(1.0)
+    estimate = result.weights @ result.theta
+
+    # Tolerance per dimension, the sum of three terms:
+    # 1. ABC's own bias: accepting z-scored outputs within an RMSE ball of
+    #    radius eps (Euclidean radius eps sqrt(k), k = 2) moves the effective
+    #    observation towards the predictive mean c by eps^2 k / (k + 2)
+    #    (x_o - c) to first order, and the posterior mean by that times its
+    #    gain a/s^2 / (1 + a^2/s^2) (~0.05 in dimension 0 here).
+    a, c, s = task.coefficients["high"]
+    gain = (a / s**2) / (1 + a**2 / s**2)
+    eps_bias = gain * result.eps_high**2 * 2 / 4 * np.abs(x_o - c)
+    # 2. the clamp of negative weights: a draw that LF accepts and HF would
+    #    reject keeps an expected weight 1 - eta_accept = 0.1 instead of 0,
+    #    which pulls the estimate towards the LF posterior by at most about
+    #    0.1 of the LF-HF difference (~0.05 in dimension 0).
+    clamp_bias = 0.1 * np.abs(lf_mean - exact)
+    # 3. Monte Carlo error: 4 standard errors, sd ~0.4 (the exact posterior
+    #    sd is 0.36, ABC widens it a little) over the effective sample size
+    #    (~1200 here, so ~0.045).
+    assert result.effective_sample_size > 500
+    monte_carlo = 4 * 0.4 / np.sqrt(result.effective_sample_size)
+    tolerance = eps_bias + clamp_bias + monte_carlo
+    assert np.all(np.abs(estimate - exact) < tolerance), (estimate, exact, tolerance)
+    # the test can tell the two fidelities apart: plain LF-ABC would miss
+    assert abs(lf_mean[0] - exact[0]) > 2 * tolerance[0]
