@@ -61,6 +61,7 @@ __all__ = [
     "METHODS",
     "get_method",
     "simulation_rng",
+    "embedding_for",
     "npe",
     "mf_npe",
     "mf_abc_method",
@@ -199,17 +200,31 @@ def _fidelity(task: Task, name: str) -> Fidelity:
     return Fidelity(name, tuple(used) if used is not None else None)
 
 
+def embedding_for(task: Task) -> torch.nn.Module | None:
+    """The embedding net a user would pick for the task's outputs: the task's
+    own ``embedding_net()`` if it has one, an
+    :class:`~mfask.embedding_nets.ImageEmbedding` for image outputs
+    ``(H, W)``, else none (vectors go to the flow directly)."""
+    factory: Callable[[], torch.nn.Module] | None = getattr(task, "embedding_net", None)
+    if factory is not None:
+        return factory()
+    if len(task.x_shape) == 2:
+        from mfask.embedding_nets import ImageEmbedding
+
+        return ImageEmbedding(task.x_shape)
+    return None
+
+
 def _new_posterior(task: Task, fidelities: Sequence[str], seed: int, config: MethodConfig,
                    **kwargs: Any) -> MultiFidelityPosterior:
     """A posterior over ``fidelities`` (low to high) as a user would build it."""
-    factory: Callable[[], torch.nn.Module] | None = getattr(task, "embedding_net", None)
     return MultiFidelityPosterior(
         task.prior,
         [_fidelity(task, name) for name in fidelities],
         seed=int(seed),
         flow=config.flow,
         training=config.training,
-        embedding_net=factory() if factory is not None else None,
+        embedding_net=embedding_for(task),
         **kwargs,
     )
 
@@ -345,16 +360,17 @@ def sbi_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: Meth
                                             simulation_rng(seed, task, high))}
     theta, x = producer.data(high)
     torch.manual_seed(int(seed))
+    embedding = embedding_for(task)
     builder = posterior_nn(
         model="nsf",
         hidden_features=config.flow.hidden_features,
         num_transforms=config.flow.num_transforms,
         num_bins=config.flow.num_bins,
+        **({"embedding_net": embedding} if embedding is not None else {}),
     )
     inference = NPE(prior=_sbi_prior(task), density_estimator=builder, show_progress_bars=False)
     inference.append_simulations(
-        torch.as_tensor(theta, dtype=torch.float32),
-        torch.as_tensor(x.reshape(x.shape[0], -1), dtype=torch.float32),
+        torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
     )
     training = config.training
     estimator = inference.train(
@@ -366,8 +382,7 @@ def sbi_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: Meth
         clip_max_norm=training.clip_max_norm,
     )
     posterior = inference.build_posterior(estimator)
-    flat = np.asarray(x_o).reshape(np.asarray(x_o).shape[0], -1)
-    return _SbiEstimate(posterior, flat, simulations=simulations)
+    return _SbiEstimate(posterior, x_o, simulations=simulations)
 
 
 @dataclass(frozen=True)
