@@ -325,6 +325,28 @@ class _SbiEstimate(PosteriorEstimate):
         ])
 
 
+class _NoTracker:
+    """An ``sbi`` tracker that records nothing (the default one writes
+    TensorBoard logs into ``./sbi-logs``)."""
+
+    log_dir = None
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def add_figure(self, name: str, figure: Any, step: int | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 def _sbi_prior(task: Task) -> torch.distributions.Distribution:
     """The task's prior as a torch distribution ``sbi`` accepts (float32)."""
     from sbi.utils import BoxUniform, MultipleIndependent
@@ -368,7 +390,8 @@ def sbi_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: Meth
         num_bins=config.flow.num_bins,
         **({"embedding_net": embedding} if embedding is not None else {}),
     )
-    inference = NPE(prior=_sbi_prior(task), density_estimator=builder, show_progress_bars=False)
+    inference = NPE(prior=_sbi_prior(task), density_estimator=builder, tracker=_NoTracker(),
+                    show_progress_bars=False)
     inference.append_simulations(
         torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
     )
