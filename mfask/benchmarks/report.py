@@ -65,9 +65,14 @@ def _label(method: str, low: int) -> str:
 
 
 def _ordered_labels(rows: Iterable[dict[str, Any]]) -> list[str]:
-    """Method labels in order of first appearance (the order jobs were planned)."""
-    return list(dict.fromkeys(_label(row["method"], row["low"]) for row in rows
-                              if row.get("status") == "ok"))
+    """Method labels in the order of the method registry, then by LF budget
+    (unregistered methods last, by name)."""
+    from mfask.benchmarks.methods import METHODS
+
+    order = list(METHODS)
+    pairs = {(row["method"], int(row["low"])) for row in rows if row.get("status") == "ok"}
+    ranked = sorted(pairs, key=lambda p: (order.index(p[0]) if p[0] in order else len(order), p[0], p[1]))
+    return [_label(method, low) for method, low in ranked]
 
 
 def _values(row: dict[str, Any], metric: str) -> list[float] | None:
