@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from mfask.errors import InvalidInputError

@@ -102,6 +102,24 @@ def test_bad_inputs_raise(name, kwargs):
         task.simulate(theta, task.fidelities[-1], 0)
 
 
+@pytest.mark.parametrize(
+    "name, kwargs, invalid, fidelities",
+    [
+        ("ou", {"dim": 3}, [1.0, 0.3, -0.5], ("high",)),  # LF does not use gamma
+        ("sir", {}, [-0.4, 0.1], ("low", "high")),
+        ("blob", {}, [5.0, 5.0, -1.0], ("low", "high")),
+    ],
+)
+def test_undefined_parameters_give_nan_rows(name, kwargs, invalid, fidelities):
+    task = get_task(name, **kwargs)
+    theta = task.sample_prior(3, np.random.default_rng(0))
+    theta[1] = invalid
+    for fidelity in fidelities:
+        x = task.simulate(theta, fidelity, np.random.default_rng(0)).reshape(3, -1)
+        np.testing.assert_array_equal(np.isnan(x).any(axis=1), [False, True, False])
+        assert np.isfinite(x[[0, 2]]).all()
+
+
 def test_get_task_registry():
     assert get_task("ou").prior.dim == 2
     assert get_task("ou4").prior.dim == 4
@@ -215,7 +233,8 @@ def test_grid_sampler_zooms_onto_narrow_correlated_gaussian():
 
     def log_density(axes):
         a, b = np.meshgrid(axes[0] - centre[0], axes[1] - centre[1], indexing="ij")
-        return -0.5 * (precision[0, 0] * a**2 + 2 * precision[0, 1] * a * b + precision[1, 1] * b**2)
+        quadratic = precision[0, 0] * a**2 + 2 * precision[0, 1] * a * b + precision[1, 1] * b**2
+        return -0.5 * quadratic
 
     n = 20_000
     samples = sample_grid(log_density, [-10, -10], [10, 10], n, np.random.default_rng(0))
@@ -343,7 +362,8 @@ def test_slcp_reference_is_stationary_under_full_likelihood_metropolis():
         step = 0.5 * rng.standard_normal(current.shape) @ cholesky.T
         step[:, 2:4] *= sign  # the folded covariance, mirrored into each quadrant
         proposal = current + step
-        valid = (np.abs(proposal) < 3).all(axis=1) & (np.sign(proposal[:, 2:4]) == sign).all(axis=1)
+        same_quadrant = (np.sign(proposal[:, 2:4]) == sign).all(axis=1)
+        valid = (np.abs(proposal) < 3).all(axis=1) & same_quadrant
         proposal_ll = np.full(len(proposal), -np.inf)
         proposal_ll[valid] = task.log_likelihood(proposal[valid], x_o)
         accept = np.log(rng.uniform(size=len(proposal))) < proposal_ll - current_ll
@@ -394,7 +414,9 @@ def test_sir_ode_conserves_population_and_matches_fine_rk4():
             k3 = rhs(y + dt / 2 * k2)
             y = y + dt / 6 * (k1 + 2 * k2 + 2 * k3 + rhs(y + dt * k3))
         infected.append(y[:, 1].copy())
-    np.testing.assert_allclose(solution[:, 1, :], np.array(infected).T, rtol=0, atol=1e-6 * POPULATION)
+    np.testing.assert_allclose(
+        solution[:, 1, :], np.array(infected).T, rtol=0, atol=1e-6 * POPULATION
+    )
 
 
 def test_sir_time_rescaling_used_by_the_reference_grid():
@@ -421,7 +443,8 @@ def test_sir_fidelities_binomial_noise_and_interpolation():
     p = solve_sir(theta[:, 0], theta[:, 1], HF_TIMES)[0, 1] / POPULATION
     var = TRIALS * p * (1 - p)
     np.testing.assert_array_less(np.abs(high.mean(0) - TRIALS * p), 5 * np.sqrt(var / n) + 1e-9)
-    np.testing.assert_array_less(np.abs(high.var(0) - var), 5 * np.sqrt(2 * (var + 0.25) ** 2 / n) + 1e-9)
+    var_se = np.sqrt(2 * (var + 0.25) ** 2 / n)
+    np.testing.assert_array_less(np.abs(high.var(0) - var), 5 * var_se + 1e-9)
     assert np.all(high == np.round(high)) and high.min() >= 0 and high.max() <= TRIALS
 
 
@@ -449,7 +472,8 @@ def test_sir_grid_reference_matches_direct_quadrature():
     axes = [np.linspace(m - 6 * s, m + 6 * s, 60) for m, s in zip(mean, sd)]
     b, g = np.meshgrid(*axes, indexing="ij")
     theta = np.stack([b.ravel(), g.ravel()], axis=1)
-    log_post = task.log_likelihood(theta, x_o[0]) + task.prior.log_prob(torch.from_numpy(theta)).numpy()
+    log_prior = task.prior.log_prob(torch.from_numpy(theta)).numpy()
+    log_post = task.log_likelihood(theta, x_o[0]) + log_prior
     w = np.exp(log_post - log_post.max())
     w /= w.sum()
     q_mean = w @ theta
