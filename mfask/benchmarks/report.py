@@ -157,6 +157,7 @@ def plot_task(task: str, rows: Sequence[dict[str, Any]], path: str | os.PathLike
     metrics = [m for m in METRICS if any(key[1] == m for key in cells)]
     labels = _ordered_labels(row for row in rows if row["task"] == task)
     colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    highs = sorted({key[3] for key in cells})
     columns = min(3, len(metrics))
     figure, axes = plt.subplots(math.ceil(len(metrics) / columns), columns,
                                 figsize=(4.3 * columns, 3.3 * math.ceil(len(metrics) / columns)),
@@ -173,6 +174,8 @@ def plot_task(task: str, rows: Sequence[dict[str, Any]], path: str | os.PathLike
             ax.errorbar(budget, mean, yerr=std, marker="o", capsize=3, label=label,
                         color=colours[label])
         ax.set_xscale("log")
+        ax.set_xticks(highs, [str(h) for h in highs])
+        ax.minorticks_off()
         ax.set_xlabel("high-fidelity simulations")
         ax.set_title(METRICS[metric][0], fontsize=9)
         if metric == "c2st":
