@@ -16,6 +16,7 @@ from mfask.errors import (
     NotEnoughDataError,
     OutsidePriorError,
     StateFormatError,
+    StudyLockedError,
     TicketAlreadyToldError,
     UnknownFidelityError,
     UnknownTicketError,
@@ -25,11 +26,15 @@ from mfask.estimator import FlowConfig
 from mfask.fidelity import Fidelity
 from mfask.posterior import MultiFidelityPosterior, SimulationFailedWarning, TellResult
 from mfask.priors import BoxUniform, IndependentPrior, Prior, prior_from_spec
+from mfask.study import Study, create_study, open_study
 from mfask.tickets import AskBatch
 from mfask.training import TrainingConfig, TrainingHistory
 
 __all__ = [
     "MultiFidelityPosterior",
+    "Study",
+    "create_study",
+    "open_study",
     "AskBatch",
     "TellResult",
     "Fidelity",
@@ -50,6 +55,7 @@ __all__ = [
     "OutsidePriorError",
     "NotEnoughDataError",
     "StateFormatError",
+    "StudyLockedError",
 ]
 
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ __all__ = [
     "OutsidePriorError",
     "NotEnoughDataError",
     "StateFormatError",
+    "StudyLockedError",
 ]
 
 
@@ -61,3 +62,8 @@ class NotEnoughDataError(MfaskError, RuntimeError):
 
 class StateFormatError(MfaskError, ValueError):
     """A saved state that is malformed, tampered with or of an unknown version."""
+
+
+class StudyLockedError(MfaskError, TimeoutError):
+    """A study stayed locked by another process for longer than the timeout
+    (its training lock, or its database while another process wrote)."""

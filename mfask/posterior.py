@@ -49,7 +49,16 @@ from mfask.state_file import (
     read_state,
     write_state,
 )
-from mfask.tickets import DONE, FAILED, PENDING, SOURCES, STATUSES, AskBatch, TicketLedger
+from mfask.tickets import (
+    ABANDONED,
+    DONE,
+    FAILED,
+    PENDING,
+    SOURCES,
+    STATUSES,
+    AskBatch,
+    TicketLedger,
+)
 from mfask.training import EpochReport, TrainingConfig, TrainingHistory, train_flow
 from mfask.user_input import as_numeric_array, as_theta, as_ticket_ids, positive_int
 
@@ -223,6 +232,67 @@ class MultiFidelityPosterior:
         """Ids of the tickets still waiting for a result."""
         index = None if fidelity is None else self._fidelity_index(fidelity)
         return self._ledger.ids_where(index, PENDING)
+
+    def simulator_seeds(self, tickets: Any) -> np.ndarray:
+        """A reproducible simulator seed ``(n,)`` (int64, non-negative) per
+        ticket (an :class:`AskBatch` or ticket ids), derived from :attr:`seed`
+        and the ticket id: re-running a ticket with its seed reproduces it."""
+        ids, _, _ = self._resolve_rows(tickets, None, "raise")
+        return np.array([self._stream_seed(101, int(t)) for t in ids], dtype=np.int64)
+
+    def fail(self, tickets: Any) -> np.ndarray:
+        """Record that the simulations of pending tickets failed without an
+        output (e.g. the simulator raised); they are left out of training.
+        Returns the ticket ids. (NaN/inf outputs passed to :meth:`tell` are
+        recorded as failed too.)
+
+        Raises :class:`UnknownTicketError` / :class:`TicketAlreadyToldError`,
+        leaving the object unchanged.
+        """
+        ids, _, _ = self._resolve_rows(tickets, None, "raise")
+        self._ledger.close(ids, FAILED)
+        return ids
+
+    def abandon(self, tickets: Any) -> np.ndarray:
+        """Give up on pending tickets: no result will be told for them.
+        Returns the ticket ids. Raises as :meth:`fail`."""
+        ids, _, _ = self._resolve_rows(tickets, None, "raise")
+        self._ledger.close(ids, ABANDONED)
+        return ids
+
+    def retry(self, tickets: Any) -> AskBatch:
+        """Ask the same parameters again under new tickets (source ``"retry"``).
+
+        ``tickets`` (an :class:`AskBatch` or ids, all of one fidelity) must be
+        failed, abandoned or pending; pending ones are abandoned first.
+
+        Raises :class:`InvalidInputError` for done tickets or mixed
+        fidelities, :class:`UnknownTicketError` for unknown ids; the object is
+        then unchanged.
+        """
+        ids, _, _ = self._resolve_rows(tickets, None, "raise")
+        if ids.size == 0:
+            raise InvalidInputError("retry needs at least one ticket")
+        self._ledger.check_told(ids, skip_told=True)  # raises for unknown ids
+        if np.unique(ids).size != ids.size:
+            raise InvalidInputError(f"retry got a ticket id twice: {ids.tolist()[:10]}")
+        status = self._ledger.status[ids]
+        if np.any(status == DONE):
+            raise InvalidInputError(
+                f"ticket(s) {ids[status == DONE][:5].tolist()} are done; only failed, "
+                "abandoned or pending tickets can be retried"
+            )
+        fidelities = np.unique(self._ledger.fidelity[ids])
+        if fidelities.size != 1:
+            raise InvalidInputError(
+                "retry takes tickets of one fidelity at a time; got "
+                f"{[self.fidelity_names[f] for f in fidelities]}"
+            )
+        theta = self._ledger.theta[ids].copy()
+        if np.any(status == PENDING):
+            self._ledger.close(ids[status == PENDING], ABANDONED)
+        source = np.full(ids.size, SOURCES.index("retry"), dtype=np.int8)
+        return self._open_batch(int(fidelities[0]), theta, source)
 
     def __repr__(self) -> str:
         counts = ", ".join(
@@ -644,8 +714,15 @@ class MultiFidelityPosterior:
         meta, arrays = read_state(path)
         return cls._from_state(meta, arrays, prior=prior, embedding_net=embedding_net)
 
-    def _export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The state as a JSON-compatible dict and named arrays."""
+    def _export_state(
+        self, *, tickets: bool = True, models: bool = True
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state as a JSON-compatible dict and named arrays.
+
+        ``tickets=False`` leaves out the ``tickets/*`` arrays and
+        ``models=False`` the trained levels (``meta["levels"]`` empty, no
+        ``model/*`` arrays), for stores that keep those parts separately.
+        """
         try:
             prior_spec = self.prior.to_spec()
         except InvalidInputError:
@@ -665,10 +742,10 @@ class MultiFidelityPosterior:
             "round": self.round,
             "levels": [],
         }
-        arrays = {f"tickets/{k}": v for k, v in self._ledger.to_arrays().items()}
+        arrays = {f"tickets/{k}": v for k, v in self._ledger.to_arrays().items()} if tickets else {}
         arrays["rng/ask"] = generator_to_array(self._ask_generator)
         arrays["rng/sample"] = generator_to_array(self._sample_generator)
-        for level, state in enumerate(self._levels):
+        for level, state in enumerate(self._levels if models else ()):
             meta["levels"].append({
                 "num_members": 0 if state.members is None else len(state.members),
                 "fit_count": state.fit_count,

@@ -13,6 +13,7 @@ the target, so a crash mid-save never leaves a truncated file behind.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -31,6 +32,8 @@ __all__ = [
     "FORMAT_VERSION",
     "write_state",
     "read_state",
+    "encode_state",
+    "decode_state",
     "module_to_arrays",
     "load_module_arrays",
     "generator_to_array",
@@ -45,16 +48,12 @@ _META_KEY = "__meta__"
 def write_state(path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Atomically write ``meta`` and ``arrays`` to ``path`` (an ``.npz`` file)."""
     target = Path(path)
-    if _META_KEY in arrays:
-        raise ValueError(f"array name {_META_KEY!r} is reserved")
-    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta}
-    payload = dict(arrays)
-    payload[_META_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    payload = encode_state(meta, arrays)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **payload)
+            stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
@@ -68,24 +67,53 @@ def write_state(path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict
 def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read a state written by :func:`write_state`; no code is run."""
     try:
-        with np.load(Path(path), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+    except OSError as error:
         raise StateFormatError(f"{path} is not a readable mfask state file: {error}") from None
+    return decode_state(data, str(path))
+
+
+def encode_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    """``meta`` and ``arrays`` as the bytes of an ``.npz`` archive (see the module doc)."""
+    if _META_KEY in arrays:
+        raise ValueError(f"array name {_META_KEY!r} is reserved")
+    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **meta}
+    payload = dict(arrays)
+    payload[_META_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **payload)
+    return buffer.getvalue()
+
+
+def decode_state(data: bytes, label: str = "state") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Parse bytes written by :func:`encode_state`; no code is run.
+
+    ``label`` names the source in error messages. Raises
+    :class:`StateFormatError` for anything but a well-formed state of this
+    format version whose members are all plain numeric arrays.
+    """
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
+        raise StateFormatError(f"{label} is not a readable mfask state: {error}") from None
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biufc":
+            raise StateFormatError(f"{label} has a member {name!r} that is not a numeric array")
     raw = arrays.pop(_META_KEY, None)
     if raw is None or raw.dtype != np.uint8:
-        raise StateFormatError(f"{path} has no mfask header")
+        raise StateFormatError(f"{label} has no mfask header")
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise StateFormatError(f"{path} has a corrupt header: {error}") from None
+        raise StateFormatError(f"{label} has a corrupt header: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise StateFormatError(f"{path} is not an mfask state file")
+        raise StateFormatError(f"{label} is not an mfask state")
     if meta.get("version") != FORMAT_VERSION:
         raise StateFormatError(
-            f"{path} has state format version {meta.get('version')!r}; this mfask "
+            f"{label} has state format version {meta.get('version')!r}; this mfask "
             f"reads version {FORMAT_VERSION}"
         )
     return meta, arrays

@@ -123,6 +123,8 @@ class TicketLedger:
         self.told_at = np.full(capacity, np.nan)
         self.x: np.ndarray | None = None  # allocated at the first told result
         self._pending_by_value: list[dict[bytes, list[int]]] = [{} for _ in used_columns]
+        # tickets opened or changed since the last take_changes() (for stores)
+        self._changed = np.zeros(capacity, dtype=bool)
 
     # ------------------------------------------------------------------ growth
     def _reserve(self, extra: int) -> None:
@@ -136,6 +138,7 @@ class TicketLedger:
         for name in self._COLUMNS:
             fill = np.nan if name == "told_at" else 0
             setattr(self, name, _grow(getattr(self, name), capacity, fill))
+        self._changed = _grow(self._changed, capacity, False)
         if self.x is not None:
             self.x = _grow(self.x, capacity, np.nan)
 
@@ -156,6 +159,7 @@ class TicketLedger:
         self.round[ids] = round_index
         self.status[ids] = PENDING
         self.asked_at[ids] = time.time()
+        self._changed[ids] = True
         self.size += count
         index = self._pending_by_value[fidelity]
         for ticket in ids:
@@ -269,12 +273,26 @@ class TicketLedger:
         self.x[ids] = x
         self.status[ids] = np.where(failed, FAILED, DONE)
         self.told_at[ids] = time.time()
+        self._changed[ids] = True
         self._forget_pending(ids)
 
     def abandon(self, ids: np.ndarray) -> None:
         """Mark pending tickets as abandoned (no result will come)."""
+        self.close(ids, ABANDONED)
+
+    def close(self, ids: np.ndarray, status: int) -> None:
+        """Close pending tickets without an output: ``FAILED`` (the simulation
+        failed, e.g. the simulator raised) or ``ABANDONED``.
+
+        Raises :class:`UnknownTicketError` / :class:`TicketAlreadyToldError`
+        (see :meth:`check_told`) and changes nothing then.
+        """
+        if status not in (FAILED, ABANDONED):
+            raise InvalidInputError(f"close() takes FAILED or ABANDONED; got {status!r}")
         self.check_told(ids)
-        self.status[ids] = ABANDONED
+        self.status[ids] = status
+        self.told_at[ids] = time.time()
+        self._changed[ids] = True
         self._forget_pending(ids)
 
     def _forget_pending(self, ids: np.ndarray) -> None:
@@ -310,6 +328,63 @@ class TicketLedger:
         if self.x is None:
             return self.theta[ids], np.zeros((0,))
         return self.theta[ids], self.x[ids]
+
+    # ------------------------------------------------------ incremental sync
+    def take_changes(self) -> np.ndarray:
+        """Ids of the tickets opened or changed since the previous call, sorted;
+        clears the record (a store calls this to persist only what changed)."""
+        ids = np.flatnonzero(self._changed[: self.size])
+        self._changed[ids] = False
+        return ids
+
+    def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The columns of tickets ``ids``, as :meth:`to_arrays` (``x`` only
+        once some result has been told)."""
+        arrays = {"theta": self.theta[ids].copy()}
+        for name in self._COLUMNS:
+            arrays[name] = getattr(self, name)[ids].copy()
+        if self.x is not None:
+            arrays["x"] = self.x[ids].copy()
+        return arrays
+
+    def apply_rows(self, ids: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """Overwrite or append tickets with columns from another copy of the
+        ledger (:meth:`rows` format; rows without an output hold NaN in ``x``).
+
+        ``ids`` are sorted existing ids and/or the next ids after the last
+        one. Applying the same rows twice is harmless. Changes made here are
+        not reported by :meth:`take_changes`.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        count = ids.shape[0]
+        if count and (np.any(np.diff(ids) <= 0) or ids[0] < 0):
+            raise InvalidInputError("apply_rows needs sorted, distinct, non-negative ids")
+        new = ids[ids >= self.size]
+        if new.size and not np.array_equal(new, np.arange(self.size, self.size + new.size)):
+            raise InvalidInputError(
+                f"apply_rows would leave a gap: the ledger has {self.size} tickets and got "
+                f"new ids {new[:5].tolist()}..."
+            )
+        if arrays["theta"].shape != (count, self.theta_dim):
+            raise InvalidInputError(
+                f"ticket parameters have shape {arrays['theta'].shape}; expected ({count}, {self.theta_dim})"
+            )
+        self._reserve(new.size)
+        old = ids[ids < self.size]
+        self._forget_pending(old[self.status[old] == PENDING])
+        self.theta[ids] = arrays["theta"]
+        for name in self._COLUMNS:
+            getattr(self, name)[ids] = arrays[name]
+        if "x" in arrays:
+            if self.x is None:
+                self.x = np.full((self.theta.shape[0], *arrays["x"].shape[1:]), np.nan)
+            self.x[ids] = arrays["x"]
+        self.size += new.size
+        for ticket in ids[self.status[ids] == PENDING]:
+            fidelity = int(self.fidelity[ticket])
+            self._pending_by_value[fidelity].setdefault(
+                self._key(fidelity, self.theta[ticket]), []
+            ).append(int(ticket))
 
     # ----------------------------------------------------------- persistence
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -1,0 +1,597 @@
+"""The study file: an SQLite database that durably records a study.
+
+:class:`StudyStore` is the storage layer under :class:`mfask.study.Study`. It
+knows tables, transactions and encodings, not posteriors. One file holds
+
+* ``study_info``: key/value text: ``format`` (``"mfask-study"``),
+  ``schema_version``, creation time and mfask version, plus free entries
+  (the CLI keeps the names of the output columns there);
+* ``head``: one row: the ``revision`` counter (raised by every write
+  transaction) and the posterior's configuration and small state as JSON
+  (``meta``: prior, fidelities, seed, settings, ``x_shape``, round);
+* ``session_arrays``: the posterior's small state arrays (random generator
+  states), one row per array;
+* ``tickets``: one row per ticket (ticket id = row id): fidelity, source,
+  round, status, parameters ``theta`` and output ``x`` (float64 BLOBs), ask
+  and tell times, optional cost, reason and JSON metadata, the ticket it
+  retries, and the ``revision`` at which the row last changed;
+* ``checkpoints``: every trained model: the levels' JSON description and the
+  weights as a pickle-free ``.npz`` BLOB (:func:`mfask.state_file.encode_state`)
+  with its SHA-256 digest.
+
+Every change is written inside one ``BEGIN IMMEDIATE`` transaction, so
+several processes can share the file (WAL mode; SQLite serialises writers).
+Readers bring their copy up to date with the rows whose ``revision`` is newer
+than the last one they saw. Nothing read from the file is unpickled or
+executed: a crafted file can only fail to load with
+:class:`~mfask.errors.StateFormatError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from mfask.errors import StateFormatError, StudyLockedError
+from mfask.state_file import decode_state, encode_state
+from mfask.tickets import SOURCES, STATUSES
+
+__all__ = ["SCHEMA_VERSION", "STUDY_FORMAT", "StudyStore", "TicketRow"]
+
+STUDY_FORMAT = "mfask-study"
+#: version of the table layout; files of other versions are refused
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE study_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL,
+    meta TEXT NOT NULL
+);
+CREATE TABLE session_arrays (
+    name TEXT PRIMARY KEY,
+    dtype TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    data BLOB NOT NULL,
+    revision INTEGER NOT NULL
+);
+CREATE TABLE tickets (
+    id INTEGER PRIMARY KEY,
+    fidelity TEXT NOT NULL,
+    source TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    theta BLOB NOT NULL,
+    x BLOB,
+    asked_at REAL NOT NULL,
+    told_at REAL,
+    cost REAL,
+    reason TEXT,
+    metadata TEXT,
+    retry_of INTEGER,
+    revision INTEGER NOT NULL
+);
+CREATE INDEX tickets_by_revision ON tickets (revision);
+CREATE INDEX tickets_by_status ON tickets (status, fidelity);
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    revision INTEGER NOT NULL,
+    levels TEXT NOT NULL,
+    weights BLOB NOT NULL,
+    sha256 TEXT NOT NULL
+);
+"""
+
+# numpy dtype kinds a stored array may have (no objects, no structured types)
+_NUMERIC_KINDS = "biufc"
+
+
+@dataclass(frozen=True)
+class TicketRow:
+    """One ticket as stored, for listings and exports.
+
+    Attributes:
+        ticket: the ticket id.
+        fidelity, source, status: names (see :data:`mfask.tickets.STATUSES`).
+        round: the sequential round it was asked in.
+        theta: ``(d,)`` parameters.
+        x: ``(*x_shape)`` output, ``None`` when none was told (or all NaN).
+        asked_at, told_at: Unix times (``told_at`` ``None`` while pending).
+        cost: seconds the simulation took, if told.
+        reason: why it failed or was abandoned, if told.
+        metadata: the JSON metadata told with it.
+        retry_of: the ticket this one retries.
+    """
+
+    ticket: int
+    fidelity: str
+    source: str
+    round: int
+    status: str
+    theta: np.ndarray
+    x: np.ndarray | None
+    asked_at: float
+    told_at: float | None
+    cost: float | None
+    reason: str | None
+    metadata: dict[str, Any] | None
+    retry_of: int | None
+
+    @property
+    def age(self) -> float:
+        """Seconds since the ticket was asked."""
+        return time.time() - self.asked_at
+
+
+class StudyStore:
+    """An open study file. Use :meth:`create` or :meth:`open`.
+
+    Arguments:
+        connection: an SQLite connection in autocommit mode.
+        path: the file.
+        timeout: seconds to wait for another process's write transaction.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, timeout: float) -> None:
+        self._connection = connection
+        self.path = path
+        self.timeout = timeout
+        self._depth = 0
+        self._write_revision: int | None = None
+
+    # ------------------------------------------------------------ open/close
+    @classmethod
+    def create(
+        cls, path: str | os.PathLike[str], meta: dict[str, Any], *, timeout: float = 60.0,
+        synchronous: str = "full",
+    ) -> "StudyStore":
+        """Create a new study file with the posterior description ``meta``.
+
+        Raises :class:`FileExistsError` if ``path`` exists.
+        """
+        target = Path(path)
+        if target.exists():
+            raise FileExistsError(f"{target} already exists; open it or choose another path")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        connection = _connect(target, timeout, synchronous, create=True)
+        store = cls(connection, target, timeout)
+        with store.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            from mfask import __version__
+
+            info = {
+                "format": STUDY_FORMAT,
+                "schema_version": str(SCHEMA_VERSION),
+                "created_at": repr(time.time()),
+                "mfask_version": __version__,
+            }
+            connection.executemany("INSERT INTO study_info VALUES (?, ?)", info.items())
+            connection.execute(
+                "INSERT INTO head (id, revision, meta) VALUES (1, 0, ?)", (_dumps(meta),)
+            )
+        return store
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, timeout: float = 60.0, synchronous: str = "full"
+    ) -> "StudyStore":
+        """Open an existing study file.
+
+        Raises :class:`FileNotFoundError`, or :class:`StateFormatError` when the
+        file is not an mfask study or has another schema version.
+        """
+        target = Path(path)
+        if not target.is_file():
+            raise FileNotFoundError(f"no study file at {target}")
+        connection = _connect(target, timeout, synchronous, create=False)
+        store = cls(connection, target, timeout)
+        try:
+            rows = dict(connection.execute("SELECT key, value FROM study_info").fetchall())
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            raise StateFormatError(f"{target} is not an mfask study file ({error})") from None
+        if rows.get("format") != STUDY_FORMAT:
+            connection.close()
+            raise StateFormatError(f"{target} is not an mfask study file (no format tag)")
+        if rows.get("schema_version") != str(SCHEMA_VERSION):
+            connection.close()
+            raise StateFormatError(
+                f"{target} has study schema version {rows.get('schema_version')!r}; this mfask "
+                f"reads version {SCHEMA_VERSION} (was it written by another mfask version?)"
+            )
+        return store
+
+    def close(self) -> None:
+        """Close the connection (committed data is already on disk)."""
+        self._connection.close()
+
+    # ---------------------------------------------------------- transactions
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[None]:
+        """A transaction: ``write`` takes the database's write lock at once
+        (``BEGIN IMMEDIATE``), so what is read inside is not changed by others
+        before the commit. Nested uses join the outer transaction.
+
+        Raises :class:`StudyLockedError` when another process held the write
+        lock for longer than :attr:`timeout`.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as error:
+            raise _locked_error(error, self) from None
+        self._depth = 1
+        self._write_revision = None
+        try:
+            yield
+            self._connection.execute("COMMIT")
+        except BaseException as error:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+            if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+                raise _locked_error(error, self) from None
+            raise
+        finally:
+            self._depth = 0
+            self._write_revision = None
+
+    def _require_transaction(self) -> None:
+        if not self._depth:
+            raise RuntimeError("StudyStore: this call must run inside transaction()")
+
+    def revision(self) -> int:
+        """The revision of the last committed write (read in the transaction)."""
+        return int(self._connection.execute("SELECT revision FROM head").fetchone()[0])
+
+    def write_revision(self) -> int:
+        """The revision of the current write transaction (raised once per transaction)."""
+        self._require_transaction()
+        if self._write_revision is None:
+            revision = self.revision() + 1
+            self._connection.execute("UPDATE head SET revision = ?", (revision,))
+            self._write_revision = revision
+        return self._write_revision
+
+    # ------------------------------------------------------------ study info
+    def info(self) -> dict[str, str]:
+        """All ``study_info`` entries."""
+        return dict(self._connection.execute("SELECT key, value FROM study_info").fetchall())
+
+    def set_info(self, key: str, value: str) -> None:
+        """Set a ``study_info`` entry (inside a write transaction)."""
+        self._require_transaction()
+        self._connection.execute(
+            "INSERT INTO study_info VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # ------------------------------------------------------------ head/session
+    def read_meta(self) -> str:
+        """The posterior description as stored (JSON text)."""
+        return str(self._connection.execute("SELECT meta FROM head").fetchone()[0])
+
+    def write_meta(self, meta_text: str) -> None:
+        """Replace the posterior description (JSON text)."""
+        self.write_revision()
+        self._connection.execute("UPDATE head SET meta = ?", (meta_text,))
+
+    def read_session_arrays(self, since: int = -1) -> dict[str, np.ndarray]:
+        """Session arrays changed after revision ``since`` (all by default)."""
+        rows = self._connection.execute(
+            "SELECT name, dtype, shape, data FROM session_arrays WHERE revision > ?", (since,)
+        ).fetchall()
+        return {name: _array_from_blob(name, dtype, shape, data) for name, dtype, shape, data in rows}
+
+    def write_session_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Insert or replace session arrays (plain numeric arrays only)."""
+        revision = self.write_revision()
+        rows = []
+        for name, value in arrays.items():
+            value = np.ascontiguousarray(value)
+            if value.dtype.kind not in _NUMERIC_KINDS:
+                raise TypeError(f"session array {name!r} has dtype {value.dtype}; numeric only")
+            rows.append((name, value.dtype.str, json.dumps(list(value.shape)), value.tobytes(), revision))
+        self._connection.executemany(
+            "INSERT INTO session_arrays VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+            "dtype = excluded.dtype, shape = excluded.shape, data = excluded.data, "
+            "revision = excluded.revision",
+            rows,
+        )
+
+    # ---------------------------------------------------------------- tickets
+    def write_tickets(
+        self, ids: np.ndarray, columns: dict[str, np.ndarray], fidelity_names: Sequence[str]
+    ) -> None:
+        """Insert or update tickets from ledger columns (see
+        :meth:`mfask.tickets.TicketLedger.rows`); cost, reason, metadata and
+        ``retry_of`` are kept (see :meth:`annotate`)."""
+        revision = self.write_revision()
+        theta = np.ascontiguousarray(columns["theta"], dtype=np.float64)
+        x = columns.get("x")
+        rows = []
+        for i, ticket in enumerate(ids):
+            x_blob = None
+            if x is not None and not np.all(np.isnan(x[i])):
+                x_blob = np.ascontiguousarray(x[i], dtype=np.float64).tobytes()
+            told_at = float(columns["told_at"][i])
+            rows.append((
+                int(ticket),
+                fidelity_names[int(columns["fidelity"][i])],
+                SOURCES[int(columns["source"][i])],
+                int(columns["round"][i]),
+                STATUSES[int(columns["status"][i])],
+                theta[i].tobytes(),
+                x_blob,
+                float(columns["asked_at"][i]),
+                None if math.isnan(told_at) else told_at,
+                revision,
+            ))
+        self._connection.executemany(
+            "INSERT INTO tickets (id, fidelity, source, round, status, theta, x, asked_at, "
+            "told_at, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
+            "SET fidelity = excluded.fidelity, source = excluded.source, round = excluded.round, "
+            "status = excluded.status, theta = excluded.theta, x = excluded.x, "
+            "asked_at = excluded.asked_at, told_at = excluded.told_at, revision = excluded.revision",
+            rows,
+        )
+
+    def annotate(
+        self,
+        ids: Sequence[int],
+        *,
+        cost: Sequence[float | None] | None = None,
+        reason: Sequence[str | None] | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
+        retry_of: Sequence[int | None] | None = None,
+    ) -> None:
+        """Set the annotation columns of tickets (``None`` arguments are left
+        as they are; ``None`` items clear that ticket's value)."""
+        revision = self.write_revision()
+        for column, values in (("cost", cost), ("reason", reason), ("retry_of", retry_of)):
+            if values is not None:
+                self._connection.executemany(
+                    f"UPDATE tickets SET {column} = ?, revision = ? WHERE id = ?",
+                    [(v, revision, int(t)) for t, v in zip(ids, values)],
+                )
+        if metadata is not None:
+            self._connection.executemany(
+                "UPDATE tickets SET metadata = ?, revision = ? WHERE id = ?",
+                [(None if m is None else _dumps(m), revision, int(t)) for t, m in zip(ids, metadata)],
+            )
+
+    def count_tickets(self) -> int:
+        """Number of tickets."""
+        return int(self._connection.execute("SELECT COUNT(*) FROM tickets").fetchone()[0])
+
+    def read_ticket_columns(
+        self,
+        since: int,
+        theta_dim: int,
+        x_shape: Sequence[int] | None,
+        fidelity_names: Sequence[str],
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Tickets changed after revision ``since`` as ledger columns (the
+        format of :meth:`mfask.tickets.TicketLedger.rows`, ``x`` NaN where no
+        output is stored); returns ``(ids, columns)`` sorted by id.
+
+        Raises :class:`StateFormatError` for rows that do not decode.
+        """
+        rows = self._connection.execute(
+            "SELECT id, fidelity, source, round, status, theta, x, asked_at, told_at "
+            "FROM tickets WHERE revision > ? ORDER BY id",
+            (since,),
+        ).fetchall()
+        count = len(rows)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=count)
+        fidelity_code = {name: i for i, name in enumerate(fidelity_names)}
+        source_code = {name: i for i, name in enumerate(SOURCES)}
+        status_code = {name: i for i, name in enumerate(STATUSES)}
+        try:
+            columns = {
+                "fidelity": np.array([fidelity_code[r[1]] for r in rows], dtype=np.int16),
+                "source": np.array([source_code[r[2]] for r in rows], dtype=np.int8),
+                "round": np.array([r[3] for r in rows], dtype=np.int32),
+                "status": np.array([status_code[r[4]] for r in rows], dtype=np.int8),
+                "asked_at": np.array([r[7] for r in rows], dtype=np.float64),
+                "told_at": np.array([np.nan if r[8] is None else r[8] for r in rows], dtype=np.float64),
+            }
+        except KeyError as error:
+            raise StateFormatError(f"{self.path}: a ticket has an unknown name {error}") from None
+        except (TypeError, ValueError) as error:
+            raise StateFormatError(f"{self.path}: a ticket row is malformed: {error}") from None
+        theta_blobs = [r[5] for r in rows]
+        if any(not isinstance(b, bytes) or len(b) != 8 * theta_dim for b in theta_blobs):
+            raise StateFormatError(f"{self.path}: a ticket's parameters are not {theta_dim} float64")
+        columns["theta"] = np.frombuffer(b"".join(theta_blobs), dtype=np.float64).reshape(count, theta_dim).copy()
+        if x_shape is not None:
+            width = int(np.prod(x_shape))
+            x = np.full((count, width), np.nan)
+            for i, r in enumerate(rows):
+                if r[6] is not None:
+                    if not isinstance(r[6], bytes) or len(r[6]) != 8 * width:
+                        raise StateFormatError(
+                            f"{self.path}: ticket {r[0]}'s output is not {width} float64"
+                        )
+                    x[i] = np.frombuffer(r[6], dtype=np.float64)
+            columns["x"] = x.reshape(count, *x_shape)
+        elif any(r[6] is not None for r in rows):
+            raise StateFormatError(f"{self.path}: tickets have outputs but the study has no x_shape")
+        return ids, columns
+
+    def ticket_rows(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        status: str | None = None,
+        fidelity: str | None = None,
+        x_shape: Sequence[int] | None = None,
+    ) -> list[TicketRow]:
+        """Tickets as :class:`TicketRow` records, sorted by id, optionally
+        filtered by ids, status and fidelity name."""
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if fidelity is not None:
+            clauses.append("fidelity = ?")
+            params.append(fidelity)
+        if ids is not None:
+            id_list = [int(i) for i in ids]
+            clauses.append(f"id IN ({','.join('?' * len(id_list))})" if id_list else "0")
+            params.extend(id_list)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = (
+            "SELECT id, fidelity, source, round, status, theta, x, asked_at, told_at, cost, "
+            f"reason, metadata, retry_of FROM tickets {where} ORDER BY id"
+        )
+        records = []
+        for row in self._connection.execute(query, params):
+            x = None
+            if row[6] is not None:
+                x = np.frombuffer(row[6], dtype=np.float64).copy()
+                if x_shape is not None and x.size == int(np.prod(x_shape)):
+                    x = x.reshape(tuple(x_shape))
+            try:
+                metadata = None if row[11] is None else json.loads(row[11])
+            except json.JSONDecodeError:
+                raise StateFormatError(f"{self.path}: ticket {row[0]} has malformed metadata") from None
+            records.append(TicketRow(
+                ticket=int(row[0]), fidelity=row[1], source=row[2], round=int(row[3]),
+                status=row[4], theta=np.frombuffer(row[5], dtype=np.float64).copy(), x=x,
+                asked_at=float(row[7]), told_at=row[8], cost=row[9], reason=row[10],
+                metadata=metadata, retry_of=row[12],
+            ))
+        return records
+
+    def oldest_pending_asked_at(self) -> float | None:
+        """Ask time of the oldest pending ticket, ``None`` when none is pending."""
+        value = self._connection.execute(
+            "SELECT MIN(asked_at) FROM tickets WHERE status = 'pending'"
+        ).fetchone()[0]
+        return None if value is None else float(value)
+
+    def status_counts(self) -> dict[tuple[str, str, str], int]:
+        """Number of tickets per ``(fidelity, status, source)``."""
+        return {
+            (f, s, o): int(n)
+            for f, s, o, n in self._connection.execute(
+                "SELECT fidelity, status, source, COUNT(*) FROM tickets "
+                "GROUP BY fidelity, status, source"
+            )
+        }
+
+    # ------------------------------------------------------------ checkpoints
+    def write_checkpoint(self, levels: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> int:
+        """Store trained models: the levels' description and their weights.
+        Returns the checkpoint id."""
+        revision = self.write_revision()
+        blob = encode_state({"levels": levels}, arrays)
+        cursor = self._connection.execute(
+            "INSERT INTO checkpoints (created_at, revision, levels, weights, sha256) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), revision, _dumps(levels), blob, hashlib.sha256(blob).hexdigest()),
+        )
+        return int(cursor.lastrowid)
+
+    def latest_checkpoint(self) -> int | None:
+        """Id of the newest checkpoint, ``None`` before the first fit."""
+        value = self._connection.execute("SELECT MAX(id) FROM checkpoints").fetchone()[0]
+        return None if value is None else int(value)
+
+    def count_checkpoints(self) -> int:
+        """Number of stored checkpoints."""
+        return int(self._connection.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0])
+
+    def read_checkpoint(self, checkpoint: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        """The levels' description and weights of a checkpoint.
+
+        The weights BLOB must match its SHA-256 digest and decode as a
+        pickle-free state; else :class:`StateFormatError` (nothing is run).
+        """
+        row = self._connection.execute(
+            "SELECT weights, sha256 FROM checkpoints WHERE id = ?", (checkpoint,)
+        ).fetchone()
+        if row is None:
+            raise StateFormatError(f"{self.path} has no checkpoint {checkpoint}")
+        blob, digest = row
+        if not isinstance(blob, bytes) or hashlib.sha256(blob).hexdigest() != digest:
+            raise StateFormatError(
+                f"{self.path}: the weights of checkpoint {checkpoint} do not match their "
+                "SHA-256 digest (the file was tampered with or is corrupt); nothing was loaded"
+            )
+        meta, arrays = decode_state(blob, f"{self.path} checkpoint {checkpoint}")
+        levels = meta.get("levels")
+        if not isinstance(levels, list) or any(not name.startswith("model/") for name in arrays):
+            raise StateFormatError(f"{self.path}: checkpoint {checkpoint} is malformed")
+        return levels, arrays
+
+    # ---------------------------------------------------------------- sizes
+    def file_size(self) -> int:
+        """Bytes on disk of the database and its write-ahead log."""
+        total = 0
+        for suffix in ("", "-wal"):
+            candidate = Path(str(self.path) + suffix)
+            if candidate.exists():
+                total += candidate.stat().st_size
+        return total
+
+
+def _connect(path: Path, timeout: float, synchronous: str, create: bool) -> sqlite3.Connection:
+    if synchronous not in ("full", "normal"):
+        raise ValueError(f"synchronous must be 'full' or 'normal'; got {synchronous!r}")
+    uri = f"{path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}"
+    connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+    try:
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        raise StateFormatError(f"{path} is not an mfask study file ({error})") from None
+    if str(mode).lower() != "wal":
+        connection.close()
+        raise StateFormatError(f"{path}: could not switch the database to WAL mode (got {mode})")
+    return connection
+
+
+def _array_from_blob(name: str, dtype: str, shape: str, data: bytes) -> np.ndarray:
+    """Decode a stored array; only plain numeric dtypes are accepted."""
+    try:
+        kind = np.dtype(dtype)
+        dims = tuple(int(s) for s in json.loads(shape))
+        if kind.kind not in _NUMERIC_KINDS or kind.fields is not None:
+            raise ValueError(f"dtype {dtype!r} is not a plain numeric type")
+        return np.frombuffer(data, dtype=kind).reshape(dims).copy()
+    except (TypeError, ValueError, json.JSONDecodeError) as error:
+        raise StateFormatError(f"stored array {name!r} is malformed: {error}") from None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _locked_error(error: sqlite3.OperationalError, store: StudyStore) -> Exception:
+    if "locked" in str(error) or "busy" in str(error):
+        return StudyLockedError(
+            f"{store.path} stayed locked by another process for more than {store.timeout:g} s "
+            f"({error}); retry, or open the study with a longer timeout"
+        )
+    return error

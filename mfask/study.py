@@ -1,0 +1,796 @@
+"""Durable studies: a :class:`MultiFidelityPosterior` backed by a study file.
+
+A :class:`Study` owns an in-memory posterior and an SQLite study file
+(:mod:`mfask.store`). Every call that changes something (``ask``, ``tell``,
+``fail``, ``abandon``, ``retry``, ``fit``, ``sample``...) runs inside one
+write transaction:
+
+1. take the database's write lock (``BEGIN IMMEDIATE``);
+2. bring the in-memory posterior up to date with the file (tickets changed
+   by other processes since the last revision seen, random generator states,
+   new model checkpoints);
+3. make the call on the posterior;
+4. write what changed (ticket rows, generator states, a checkpoint if a
+   model was trained) and commit, before the call returns.
+
+So the file is the source of truth: several processes may ask and tell into
+one study at once without losing or duplicating a ticket, and a study
+reopened after a crash (even ``kill -9``) resumes exactly where the last
+returned call left it: same tickets and results, same weights, same random
+streams.
+
+Training takes minutes, so it does not hold the database lock: a fit takes
+the study's training lock (:mod:`mfask.study_lock`, one trainer at a time),
+trains on a snapshot of the data while others keep telling, then stores the
+weights as a new checkpoint in a short transaction. Other processes load the
+newest checkpoint at their next call.
+
+Example::
+
+    study = mfask.create_study("run.mfask", prior, ["low", "high"], seed=0)
+    batch = study.ask("low", 100)
+    study.tell(batch, simulate(batch.theta), cost=12.5)
+    ...
+    study = mfask.open_study("run.mfask")      # any time later, any process
+    samples = study.sample(1000, x_o)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mfask.errors import InvalidInputError, MfaskError, NotEnoughDataError, StateFormatError
+from mfask.fidelity import FidelitySpec
+from mfask.posterior import MultiFidelityPosterior, TellResult
+from mfask.priors import Prior
+from mfask.store import StudyStore, TicketRow
+from mfask.study_lock import TrainingLock
+from mfask.tickets import FAILED, STATUSES, AskBatch
+from mfask.training import TrainingHistory
+from mfask.user_input import as_ticket_ids
+
+__all__ = ["Study", "open_study", "create_study", "TicketRow", "NON_FINITE_REASON"]
+
+#: the reason recorded for tickets told with NaN/inf outputs
+NON_FINITE_REASON = "non-finite output (NaN or inf)"
+
+# session arrays that are random generator states, and the posterior
+# attribute each one restores (any other changed array forces a full reload)
+_GENERATORS = {"rng/ask": "_ask_generator", "rng/sample": "_sample_generator"}
+
+Synchronous = Literal["full", "normal"]
+
+
+class Study:
+    """A multi-fidelity posterior whose every ask, tell and fit is durable.
+
+    Create one with :meth:`create` (or :func:`create_study`), reopen it with
+    :meth:`open` (or :func:`open_study`). The methods mirror
+    :class:`~mfask.posterior.MultiFidelityPosterior`; each persists its effect
+    before returning. Use the study's methods rather than calling
+    ``study.posterior`` directly: changes made on the posterior are not
+    persisted (they are discarded, with a warning, at the next call).
+
+    A ``Study`` object is not thread-safe; use one per thread or process.
+    """
+
+    def __init__(
+        self,
+        store: StudyStore,
+        *,
+        prior: Prior | None = None,
+        embedding_net: nn.Module | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self._store = store
+        self._lock = TrainingLock(str(store.path) + ".lock")
+        self._prior = prior
+        self._embedding_net = embedding_net
+        self._verbose = verbose
+        self._posterior: MultiFidelityPosterior | None = None
+        self._stale = True
+        self._revision = -1  # tickets are up to date with this revision
+        self._session_revision = -1  # session arrays are up to date with this one
+        self._meta_text: str | None = None
+        self._session_cache: dict[str, tuple[str, tuple[int, ...], bytes]] = {}
+        self._checkpoint: int | None = None
+        self._fit_counts: tuple[int, ...] = ()
+        self._memory_changed = False
+        with store.transaction(write=False):
+            self._sync()
+
+    # ============================================================ open/create
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        posterior: MultiFidelityPosterior,
+        *,
+        timeout: float = 60.0,
+        synchronous: Synchronous = "full",
+    ) -> "Study":
+        """Create a study file at ``path`` holding ``posterior``'s complete
+        state (its configuration, tickets, results and trained models).
+
+        The study works on its own copy: later changes to ``posterior`` are
+        not part of the study.
+
+        Arguments:
+            timeout: seconds to wait when another process holds the database.
+            synchronous: ``"full"`` (default) makes every committed call
+                survive a power loss; ``"normal"`` only a crash of the
+                process (faster on slow disks).
+
+        Raises :class:`FileExistsError` if ``path`` exists.
+        """
+        if not isinstance(posterior, MultiFidelityPosterior):
+            raise InvalidInputError(
+                f"posterior must be a MultiFidelityPosterior; got {type(posterior).__name__}"
+            )
+        meta, arrays = posterior._export_state(tickets=False)
+        levels = meta.pop("levels")
+        session = {k: v for k, v in arrays.items() if not k.startswith("model/")}
+        models = {k: v for k, v in arrays.items() if k.startswith("model/")}
+        store = StudyStore.create(path, {**meta, "levels": []}, timeout=timeout, synchronous=synchronous)
+        try:
+            with store.transaction():
+                store.write_session_arrays(session)
+                ledger = posterior._ledger
+                ids = np.arange(ledger.size)
+                if ids.size:
+                    store.write_tickets(ids, ledger.rows(ids), posterior.fidelity_names)
+                if any(level["num_members"] for level in levels):
+                    store.write_checkpoint(levels, models)
+            return cls(
+                store,
+                prior=posterior.prior,
+                embedding_net=posterior._embedding_template,
+                verbose=posterior.verbose,
+            )
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        prior: Prior | None = None,
+        embedding_net: nn.Module | None = None,
+        verbose: bool = False,
+        timeout: float = 60.0,
+        synchronous: Synchronous = "full",
+    ) -> "Study":
+        """Open an existing study file.
+
+        Arguments:
+            prior: needed when the prior has marginals mfask cannot describe
+                as data (else rebuilt from the file).
+            embedding_net: a module of the architecture the study was created
+                with, if it has one (the weights come from the file).
+            verbose: print training progress to standard error.
+            timeout, synchronous: as in :meth:`create`.
+
+        Raises :class:`FileNotFoundError`, or :class:`StateFormatError` for a
+        file that is not a study, has an unknown schema version or holds
+        malformed or tampered data (nothing from the file is executed).
+        """
+        store = StudyStore.open(path, timeout=timeout, synchronous=synchronous)
+        try:
+            return cls(store, prior=prior, embedding_net=embedding_net, verbose=verbose)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        """Close the study file (everything is already committed)."""
+        self._store.close()
+
+    def __enter__(self) -> "Study":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        """The study file."""
+        return self._store.path
+
+    @property
+    def posterior(self) -> MultiFidelityPosterior:
+        """The in-memory posterior, brought up to date with the file.
+
+        Read from it freely (``data``, ``num_simulations``, ``x_shape``...);
+        change the study through the study's methods only.
+        """
+        self.refresh()
+        assert self._posterior is not None
+        return self._posterior
+
+    @property
+    def fidelity_names(self) -> tuple[str, ...]:
+        """Fidelity names, low to high."""
+        assert self._posterior is not None
+        return self._posterior.fidelity_names
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Names of the ``d`` parameters."""
+        assert self._posterior is not None
+        return self._posterior.prior.names
+
+    def refresh(self) -> None:
+        """Bring the in-memory posterior up to date with the file."""
+        with self._store.transaction(write=False):
+            self._sync()
+
+    def __repr__(self) -> str:
+        return f"Study({str(self.path)!r}, {self._posterior!r})"
+
+    # ================================================================ ask/tell
+    def ask(self, fidelity: str, n: int, **options: Any) -> AskBatch:
+        """Open ``n`` new pending tickets at ``fidelity``; see
+        :meth:`MultiFidelityPosterior.ask` (``options`` are passed on). The
+        tickets are in the file when this returns.
+
+        An ask that proposes from the posterior (sequential rounds after
+        ``set_observation``) first brings the models up to date under the
+        training lock, so that it does not train while holding the database.
+        """
+        if self._ask_uses_posterior(fidelity):
+            try:
+                self.fit()
+            except NotEnoughDataError:
+                pass  # a first round: prior draws
+        with self._writing():
+            batch = self._live.ask(fidelity, n, **options)
+            self._memory_changed = True
+            self._persist()
+        return batch
+
+    def _ask_uses_posterior(self, fidelity: str) -> bool:
+        post = self._live
+        return (
+            getattr(post, "observation", None) is not None
+            and fidelity == post.fidelity_names[-1]
+        )
+
+    def set_observation(self, x_o: Any, **options: Any) -> None:
+        """Start sequential rounds at ``x_o``; see
+        :meth:`MultiFidelityPosterior.set_observation`. Persisted."""
+        with self._writing():
+            self._live.set_observation(x_o, **options)
+            self._memory_changed = True
+            self._persist()
+
+    def clear_observation(self) -> None:
+        """Back to amortized asks; see
+        :meth:`MultiFidelityPosterior.clear_observation`. Persisted."""
+        with self._writing():
+            self._live.clear_observation()
+            self._memory_changed = True
+            self._persist()
+
+    def tell(
+        self,
+        theta_or_tickets: Any,
+        x: Any,
+        fidelity: str | None = None,
+        *,
+        unasked: Literal["raise", "prior"] = "raise",
+        skip_told: bool = False,
+        cost: float | Sequence[float] | None = None,
+        metadata: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
+        reason: str | Sequence[str | None] | None = None,
+    ) -> TellResult:
+        """Record simulator outputs; see :meth:`MultiFidelityPosterior.tell`.
+
+        Rows with NaN/inf outputs become failed tickets. The results are in
+        the file when this returns.
+
+        Arguments:
+            cost: seconds each simulation took: one number for all rows or
+                one per row.
+            metadata: a JSON-serialisable dict for all rows, or one per row.
+            reason: why the failed rows failed: one text for all or one per
+                row (default and for ``None`` items: :data:`NON_FINITE_REASON`);
+                ignored for rows that did not fail.
+        """
+        _check_cost(cost)
+        _check_metadata(metadata)
+        if reason is not None and not isinstance(reason, str):
+            reason = list(reason)
+            if any(r is not None and not isinstance(r, str) for r in reason):
+                raise InvalidInputError("reason must be a string or one string (or None) per row")
+        with self._writing():
+            result = self._live.tell(
+                theta_or_tickets, x, fidelity, unasked=unasked, skip_told=skip_told
+            )
+            self._memory_changed = True
+            rows = np.flatnonzero(result.ticket_ids >= 0)
+            ids = result.ticket_ids[rows]
+            failed = self._live._ledger.status[ids] == FAILED
+            self._persist()
+            count = result.ticket_ids.shape[0]
+            given = [None] * rows.shape[0] if reason is None else _per_row(reason, rows, count, "reason")
+            self._store.annotate(
+                ids,
+                cost=_per_row(cost, rows, count, "cost"),
+                metadata=_per_row(metadata, rows, count, "metadata"),
+                reason=[(r or NON_FINITE_REASON) if f else None for f, r in zip(failed, given)],
+            )
+        return result
+
+    def fail(
+        self,
+        tickets: Any,
+        reason: str,
+        *,
+        cost: float | Sequence[float] | None = None,
+        metadata: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
+        skip_told: bool = False,
+    ) -> np.ndarray:
+        """Record that the simulations of pending tickets failed (e.g. the
+        simulator raised), with ``reason``. Returns the ids recorded.
+
+        With ``skip_told``, tickets that are no longer pending are skipped
+        instead of raising :class:`TicketAlreadyToldError`.
+        """
+        if not isinstance(reason, str) or not reason:
+            raise InvalidInputError(f"reason must be a non-empty string; got {reason!r}")
+        _check_cost(cost)
+        _check_metadata(metadata)
+        ids = _ticket_ids(tickets)
+        with self._writing():
+            keep = self._pending_mask(ids) if skip_told else np.ones(ids.shape[0], dtype=bool)
+            recorded = self._live.fail(ids[keep])
+            self._memory_changed = True
+            self._persist()
+            rows = np.flatnonzero(keep)
+            self._store.annotate(
+                recorded,
+                reason=[reason] * recorded.shape[0],
+                cost=_per_row(cost, rows, ids.shape[0], "cost"),
+                metadata=_per_row(metadata, rows, ids.shape[0], "metadata"),
+            )
+        return recorded
+
+    def abandon(self, tickets: Any, reason: str | None = None) -> np.ndarray:
+        """Give up on pending tickets (no result will come); returns their ids."""
+        ids = _ticket_ids(tickets)
+        with self._writing():
+            recorded = self._live.abandon(ids)
+            self._memory_changed = True
+            self._persist()
+            if reason is not None:
+                self._store.annotate(recorded, reason=[str(reason)] * recorded.shape[0])
+        return recorded
+
+    def retry(self, tickets: Any) -> AskBatch:
+        """Ask the parameters of failed, abandoned or pending tickets again
+        under new tickets (pending ones are abandoned); see
+        :meth:`MultiFidelityPosterior.retry`. Each new ticket records the
+        ticket it retries (``retry_of``)."""
+        ids = _ticket_ids(tickets)
+        with self._writing():
+            was_pending = self._pending_mask(ids)
+            batch = self._live.retry(ids)
+            self._memory_changed = True
+            self._persist()
+            self._store.annotate(batch.ticket_ids, retry_of=[int(i) for i in ids])
+            self._store.annotate(
+                ids[was_pending],
+                reason=[f"retried as ticket {int(t)}" for t in batch.ticket_ids[was_pending]],
+            )
+        return batch
+
+    def simulator_seeds(self, tickets: Any) -> np.ndarray:
+        """A reproducible simulator seed per ticket; see
+        :meth:`MultiFidelityPosterior.simulator_seeds`."""
+        return self._live.simulator_seeds(tickets)
+
+    # ================================================================ queries
+    def tickets(
+        self,
+        ids: Sequence[int] | None = None,
+        *,
+        status: str | None = None,
+        fidelity: str | None = None,
+    ) -> list[TicketRow]:
+        """Stored tickets (all, or those with the given ids/status/fidelity),
+        sorted by id, with their cost, reason and metadata."""
+        if status is not None and status not in STATUSES:
+            raise InvalidInputError(f"status must be one of {STATUSES}; got {status!r}")
+        if fidelity is not None:
+            self._live._fidelity_index(fidelity)  # raises UnknownFidelityError
+        with self._store.transaction(write=False):
+            self._sync(tickets=False)
+            return self._store.ticket_rows(
+                ids=ids, status=status, fidelity=fidelity, x_shape=self._live.x_shape
+            )
+
+    def pending(self, fidelity: str | None = None) -> list[TicketRow]:
+        """Open tickets (oldest first); each has an ``age`` in seconds."""
+        return self.tickets(status="pending", fidelity=fidelity)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-compatible summary: counts per fidelity and status, oldest
+        pending ticket, checkpoints, training lock holder, file size."""
+        with self._store.transaction(write=False):
+            self._sync(tickets=False)
+            counts: dict[tuple[str, str], int] = {}
+            for (name, status, _), count in self._store.status_counts().items():
+                counts[name, status] = counts.get((name, status), 0) + count
+            revision = self._store.revision()
+            checkpoints = self._store.count_checkpoints()
+            oldest = self._store.oldest_pending_asked_at()
+        post = self._live
+        per_fidelity = {
+            name: {status: counts.get((name, status), 0) for status in STATUSES}
+            for name in post.fidelity_names
+        }
+        totals = {status: sum(c[status] for c in per_fidelity.values()) for status in STATUSES}
+        return {
+            "path": str(self.path),
+            "parameters": list(post.prior.names),
+            "fidelities": list(post.fidelity_names),
+            "seed": post.seed,
+            "round": post.round,
+            "x_shape": None if post.x_shape is None else list(post.x_shape),
+            "tickets": per_fidelity,
+            "total": totals,
+            "oldest_pending_age_seconds": None if oldest is None else max(0.0, time.time() - oldest),
+            "checkpoints": checkpoints,
+            "trained": {
+                name: len(post.training_histories(name)) > 0 for name in post.fidelity_names
+            },
+            "training_lock": self._lock.holder(),
+            "revision": revision,
+            "file_bytes": self._store.file_size(),
+        }
+
+    def count(
+        self,
+        fidelity: str | None = None,
+        status: str | Sequence[str] | None = None,
+        *,
+        source: str | Sequence[str] | None = None,
+    ) -> int:
+        """Number of stored tickets with the given fidelity, status(es) and
+        source(s) (each ``None``: any), read from the file."""
+        statuses = {status} if isinstance(status, str) else None if status is None else set(status)
+        sources = {source} if isinstance(source, str) else None if source is None else set(source)
+        with self._store.transaction(write=False):
+            counts = self._store.status_counts()
+        return sum(
+            n for (f, s, o), n in counts.items()
+            if (fidelity is None or f == fidelity)
+            and (statuses is None or s in statuses)
+            and (sources is None or o in sources)
+        )
+
+    def info(self) -> dict[str, str]:
+        """The study's key/value notes (format, schema version, creation
+        time, and entries set with :meth:`set_info`)."""
+        with self._store.transaction(write=False):
+            return self._store.info()
+
+    def set_info(self, key: str, value: str) -> None:
+        """Set a free key/value note in the study file."""
+        if key in ("format", "schema_version", "created_at", "mfask_version"):
+            raise InvalidInputError(f"{key!r} is reserved")
+        with self._store.transaction():
+            self._store.set_info(str(key), str(value))
+
+    # ================================================================ training
+    def fit(
+        self,
+        fidelity: str | None = None,
+        *,
+        force: bool = False,
+        timeout: float | None = None,
+    ) -> dict[str, list[TrainingHistory]]:
+        """Train what is out of date (see :meth:`MultiFidelityPosterior.fit`)
+        under the study's training lock, and store the new weights.
+
+        Trains on the data in the file when training starts; other processes
+        may keep telling meanwhile (their results are used by the next fit).
+        ``timeout`` bounds the wait for another trainer (``None``: wait);
+        :class:`StudyLockedError` when it runs out. Returns the new training
+        histories per fidelity (empty if everything was up to date).
+        """
+        with self._lock.hold(timeout):
+            return self._fit_locked(fidelity, force)
+
+    def _fit_locked(self, fidelity: str | None, force: bool) -> dict[str, list[TrainingHistory]]:
+        with self._store.transaction(write=False):
+            self._sync()
+        try:
+            histories = self._live.fit(fidelity, force=force)
+        except MfaskError:
+            raise
+        except BaseException:
+            self._stale = True  # interrupted mid-training: reload the stored models
+            raise
+        if histories:
+            with self._writing():
+                self._write_checkpoint()  # before syncing, so a reload keeps it
+                self._persist()
+        return histories
+
+    def sample(self, n: int, x: Any, *, fidelity: str | None = None, timeout: float | None = None) -> np.ndarray:
+        """Posterior samples ``(n, d)`` at one observation; fits first if
+        needed (see :meth:`fit`). The sampling random stream is persisted."""
+        return self._query("sample", (n, x), fidelity, timeout)
+
+    def sample_batched(
+        self, n: int, xs: Any, *, fidelity: str | None = None, timeout: float | None = None
+    ) -> np.ndarray:
+        """``n`` samples per observation: ``(m, n, d)``; see :meth:`sample`."""
+        return self._query("sample_batched", (n, xs), fidelity, timeout)
+
+    def log_prob(self, theta: Any, x: Any, *, fidelity: str | None = None, timeout: float | None = None) -> np.ndarray:
+        """``log q(theta | x)`` ``(n,)``; fits first if needed."""
+        return self._query("log_prob", (theta, x), fidelity, timeout)
+
+    def _query(self, method: str, args: tuple[Any, ...], fidelity: str | None, timeout: float | None) -> Any:
+        with self._lock.hold(timeout):
+            self._fit_locked(fidelity, False)
+            # tickets are not synced here: results told since the fit would
+            # only make the models look stale and retrain inside the lock
+            with self._writing(tickets=False):
+                result = getattr(self._live, method)(*args, fidelity=fidelity)
+                self._memory_changed = True
+                self._persist(tickets_synced=False)
+        return result
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the whole study as a single ``.npz`` posterior state
+        (:meth:`MultiFidelityPosterior.save`; loadable with ``load``)."""
+        self.posterior.save(path)
+
+    # ============================================================ sync/persist
+    @property
+    def _live(self) -> MultiFidelityPosterior:
+        assert self._posterior is not None
+        return self._posterior
+
+    def _pending_mask(self, ids: np.ndarray) -> np.ndarray:
+        ledger = self._live._ledger
+        valid = (ids >= 0) & (ids < ledger.size)
+        mask = np.zeros(ids.shape[0], dtype=bool)
+        mask[valid] = ledger.status[ids[valid]] == STATUSES.index("pending")
+        return mask | ~valid  # unknown ids are left for fail() to report
+
+    @contextmanager
+    def _writing(self, *, tickets: bool = True) -> Iterator[None]:
+        """A write transaction that first syncs; if the in-memory posterior
+        was changed and the transaction does not commit, it is reloaded at
+        the next call."""
+        self._memory_changed = False
+        try:
+            with self._store.transaction():
+                self._sync(tickets=tickets)
+                yield
+        except MfaskError:
+            if self._memory_changed:
+                self._stale = True
+            raise
+        except BaseException:
+            self._stale = True
+            raise
+
+    def _sync(self, *, tickets: bool = True) -> None:
+        """Bring the in-memory posterior up to date (inside a transaction)."""
+        store = self._store
+        meta_text = store.read_meta()
+        checkpoint = store.latest_checkpoint()
+        if self._stale or meta_text != self._meta_text or checkpoint != self._checkpoint:
+            self._reload(meta_text, checkpoint)
+            return
+        post = self._live
+        unsaved = post._ledger.take_changes()
+        if unsaved.size:
+            warnings.warn(
+                f"{unsaved.size} ticket change(s) made directly on study.posterior were not "
+                "persisted and are discarded; use the Study's methods",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self._reload(meta_text, checkpoint)
+            return
+        revision = store.revision()
+        if revision > self._session_revision:
+            for name, array in store.read_session_arrays(since=self._session_revision).items():
+                key = _array_key(array)
+                if self._session_cache.get(name) == key:
+                    continue
+                if name not in _GENERATORS:
+                    self._reload(meta_text, checkpoint)
+                    return
+                try:
+                    getattr(post, _GENERATORS[name]).set_state(torch.from_numpy(array.astype(np.uint8)))
+                except (RuntimeError, TypeError, ValueError) as error:
+                    raise StateFormatError(f"{self.path}: corrupt random generator state {name}: {error}") from None
+                self._session_cache[name] = key
+            self._session_revision = revision
+        if tickets and revision > self._revision:
+            ids, columns = store.read_ticket_columns(
+                self._revision, post.prior.dim, post.x_shape, post.fidelity_names
+            )
+            try:
+                post._ledger.apply_rows(ids, columns)
+            except InvalidInputError:
+                self._reload(meta_text, checkpoint)  # out of step: start afresh
+                return
+            self._revision = revision
+
+    def _reload(self, meta_text: str, checkpoint: int | None) -> None:
+        """Rebuild the in-memory posterior from the file (inside a transaction)."""
+        self._stale = True
+        store = self._store
+        try:
+            meta = json.loads(meta_text)
+            names = [str(f["name"]) for f in meta["fidelities"]]
+            dim = len(meta["parameter_names"])
+            x_shape = meta["x_shape"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise StateFormatError(f"{self.path}: malformed study description: {error}") from None
+        revision = store.revision()
+        session = store.read_session_arrays()
+        levels, models = store.read_checkpoint(checkpoint) if checkpoint is not None else ([], {})
+        ids, columns = store.read_ticket_columns(-1, dim, x_shape, names)
+        if not np.array_equal(ids, np.arange(ids.shape[0])):
+            raise StateFormatError(f"{self.path}: ticket ids are not 0..n-1")
+        arrays: dict[str, np.ndarray] = {**session, **models}
+        arrays.update({f"tickets/{k}": v for k, v in columns.items()})
+        post = MultiFidelityPosterior._from_state(
+            {**meta, "levels": levels}, arrays, prior=self._prior, embedding_net=self._embedding_net
+        )
+        post.verbose = self._verbose
+        post._ledger.take_changes()
+        self._posterior = post
+        self._meta_text = meta_text
+        self._session_cache = {name: _array_key(a) for name, a in session.items()}
+        self._checkpoint = checkpoint
+        self._fit_counts = self._current_fit_counts()
+        self._revision = self._session_revision = revision
+        self._stale = False
+
+    def _persist(self, *, tickets_synced: bool = True) -> None:
+        """Write what changed in memory (inside the write transaction)."""
+        store = self._store
+        post = self._live
+        revision = store.write_revision()
+        ids = post._ledger.take_changes()
+        if ids.size:
+            store.write_tickets(ids, post._ledger.rows(ids), post.fidelity_names)
+        meta, arrays = post._export_state(tickets=False, models=False)
+        meta_text = _dumps(meta)
+        if meta_text != self._meta_text:
+            store.write_meta(meta_text)
+            self._meta_text = meta_text
+        changed = {k: v for k, v in arrays.items() if self._session_cache.get(k) != _array_key(v)}
+        if changed:
+            store.write_session_arrays(changed)
+            self._session_cache.update({k: _array_key(v) for k, v in changed.items()})
+        if self._current_fit_counts() != self._fit_counts:
+            self._write_checkpoint()
+        if tickets_synced:
+            self._revision = revision
+        self._session_revision = revision
+
+    def _write_checkpoint(self) -> None:
+        meta, arrays = self._live._export_state(tickets=False)
+        models = {k: v for k, v in arrays.items() if k.startswith("model/")}
+        self._checkpoint = self._store.write_checkpoint(meta["levels"], models)
+        self._fit_counts = self._current_fit_counts()
+
+    def _current_fit_counts(self) -> tuple[int, ...]:
+        post = self._live
+        return tuple(len(post.training_histories(name)) for name in post.fidelity_names)
+
+
+# ======================================================================== API
+def open_study(
+    path: str | os.PathLike[str],
+    *,
+    prior: Prior | None = None,
+    embedding_net: nn.Module | None = None,
+    verbose: bool = False,
+    timeout: float = 60.0,
+    synchronous: Synchronous = "full",
+) -> Study:
+    """Open an existing study file; see :meth:`Study.open`."""
+    return Study.open(
+        path, prior=prior, embedding_net=embedding_net, verbose=verbose,
+        timeout=timeout, synchronous=synchronous,
+    )
+
+
+def create_study(
+    path: str | os.PathLike[str],
+    prior: Prior,
+    fidelities: Sequence[FidelitySpec] = ("high",),
+    *,
+    timeout: float = 60.0,
+    synchronous: Synchronous = "full",
+    **posterior_options: Any,
+) -> Study:
+    """Create a study file for a new posterior; ``posterior_options`` are
+    those of :class:`MultiFidelityPosterior` (``seed``, ``flow``,
+    ``training``...). See :meth:`Study.create`."""
+    posterior = MultiFidelityPosterior(prior, fidelities, **posterior_options)
+    return Study.create(path, posterior, timeout=timeout, synchronous=synchronous)
+
+
+# ================================================================== helpers
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _array_key(array: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
+    array = np.ascontiguousarray(array)
+    return array.dtype.str, tuple(array.shape), array.tobytes()
+
+
+def _ticket_ids(tickets: Any) -> np.ndarray:
+    if isinstance(tickets, AskBatch):
+        return np.asarray(tickets.ticket_ids, dtype=np.int64)
+    ids = as_ticket_ids(tickets)
+    if ids is None:
+        raise InvalidInputError(
+            f"tickets must be an AskBatch or integer ticket ids; got {type(tickets).__name__}"
+        )
+    return ids
+
+
+def _check_cost(cost: Any) -> None:
+    if cost is None:
+        return
+    values = np.atleast_1d(np.asarray(cost, dtype=object))
+    for value in values:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(float(value)) or float(value) < 0:
+            raise InvalidInputError(f"cost must be finite, non-negative seconds; got {value!r}")
+
+
+def _check_metadata(metadata: Any) -> None:
+    if metadata is None:
+        return
+    items = [metadata] if isinstance(metadata, dict) else list(metadata)
+    for item in items:
+        if item is not None and not isinstance(item, dict):
+            raise InvalidInputError(f"metadata must be a dict (or one per row); got {type(item).__name__}")
+        try:
+            json.dumps(item)
+        except (TypeError, ValueError) as error:
+            raise InvalidInputError(f"metadata must be JSON-serialisable: {error}") from None
+
+
+def _per_row(value: Any, rows: np.ndarray, count: int, name: str) -> list[Any] | None:
+    """One value per recorded row from a scalar/dict or a per-row sequence."""
+    if value is None:
+        return None
+    convert = float if name == "cost" else (lambda v: v)
+    if isinstance(value, (dict, str)) or np.ndim(value) == 0:
+        return [convert(value)] * rows.shape[0]
+    values = list(value)
+    if len(values) != count:
+        raise InvalidInputError(f"{name} has {len(values)} entries for {count} told rows")
+    return [None if values[r] is None else convert(values[r]) for r in rows]
