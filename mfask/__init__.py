@@ -26,6 +26,7 @@ from mfask.estimator import FlowConfig
 from mfask.fidelity import Fidelity
 from mfask.posterior import MultiFidelityPosterior, SimulationFailedWarning, TellResult
 from mfask.priors import BoxUniform, IndependentPrior, Prior, prior_from_spec
+from mfask.runner import RunReport, run
 from mfask.study import Study, create_study, open_study
 from mfask.tickets import AskBatch
 from mfask.training import TrainingConfig, TrainingHistory
@@ -35,6 +36,8 @@ __all__ = [
     "Study",
     "create_study",
     "open_study",
+    "run",
+    "RunReport",
     "AskBatch",
     "TellResult",
     "Fidelity",
