@@ -45,7 +45,7 @@ class Cell:
     """One table cell: a metric of a method at one budget, pooled.
 
     Attributes:
-        mean, std: over the pooled values (std with ``ddof=0``; 0 for one value).
+        mean, std: over the pooled values (sample std, ``ddof=1``; 0 for one value).
         runs: jobs pooled.
         per_run: values per job (observations; 1 for cost metrics).
     """
@@ -97,7 +97,8 @@ def summarise(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, int],
     cells = {}
     for key, runs in groups.items():
         pooled = np.array([v for run in runs for v in run], dtype=np.float64)
-        cells[key] = Cell(float(pooled.mean()), float(pooled.std()), len(runs), len(runs[0]))
+        std = float(pooled.std(ddof=1)) if pooled.size > 1 else 0.0
+        cells[key] = Cell(float(pooled.mean()), std, len(runs), len(runs[0]))
     return cells
 
 
@@ -145,53 +146,55 @@ def markdown_report(task: str, rows: Sequence[dict[str, Any]], plot_name: str | 
 
 
 def plot_task(task: str, rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Plot every metric of ``task`` against the HF budget (log axis), one
-    line per method label with ±1 std bars; saved as PNG at ``path``.
+    """Plot every metric of ``task`` against the HF budget (log axis) with
+    :func:`mfask.plot.metric_vs_budget`, one panel per metric, one line per
+    method label (mean ± std of the values pooled as in the tables); saved as
+    PNG at ``path``. A method keeps its colour in every panel.
     """
-    import matplotlib
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mfask.plot import metric_vs_budget
 
-    cells = summarise(row for row in rows if row["task"] == task)
-    metrics = [m for m in METRICS if any(key[1] == m for key in cells)]
-    labels = _ordered_labels(row for row in rows if row["task"] == task)
-    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
-    highs = sorted({key[3] for key in cells})
-    columns = min(3, len(metrics))
-    figure, axes = plt.subplots(math.ceil(len(metrics) / columns), columns,
-                                figsize=(4.3 * columns, 3.3 * math.ceil(len(metrics) / columns)),
-                                squeeze=False)
-    for ax in axes.flat[len(metrics):]:
-        ax.axis("off")
-    for ax, metric in zip(axes.flat, metrics):
-        for label in labels:
-            points = sorted((key[3], cell.mean, cell.std) for key, cell in cells.items()
-                            if key[1] == metric and key[2] == label)
-            if not points:
-                continue
-            budget, mean, std = np.array(points).T
-            ax.errorbar(budget, mean, yerr=std, marker="o", capsize=3, label=label,
-                        color=colours[label])
-        ax.set_xscale("log")
-        ax.set_xticks(highs, [str(h) for h in highs])
-        ax.minorticks_off()
-        ax.set_xlabel("high-fidelity simulations")
+    ok = [row for row in rows if row["task"] == task and row.get("status") == "ok"]
+    labels = _ordered_labels(ok)
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for metric in METRICS:
+        records = [{"method": _label(row["method"], row["low"]), "budget": row["high"], "value": values}
+                   for row in ok for values in [_values(row, metric)] if values is not None]
+        if records:
+            records.sort(key=lambda record: labels.index(record["method"]))
+            panels[metric] = records
+    columns = min(3, len(panels))
+    lines = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.4 * columns, 3.4 * lines))
+    axes = figure.subplots(lines, columns, squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, (metric, records) in zip(axes.flat, panels.items()):
+        present = list(dict.fromkeys(record["method"] for record in records))
+        ax.set_prop_cycle(color=[colours[label] for label in present])
+        metric_vs_budget(records, metric_name="", ax=ax,
+                         reference=0.5 if metric == "c2st" else None)
+        ax.get_legend().remove()
         ax.set_title(METRICS[metric][0], fontsize=9)
-        if metric == "c2st":
-            ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    handles = [plt.Line2D([], [], color=colours[label], marker="o", label=label) for label in labels]
-    spare = axes.flat[len(metrics)] if len(metrics) < axes.size else None
-    if spare is not None:
-        spare.legend(handles=handles, loc="center", fontsize=9, frameon=False)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    handles = [handles[label] for label in labels if label in handles]
+    title = "mean ± std over runs × observations"
+    if len(panels) < axes.size:
+        for ax in axes.flat[len(panels):]:
+            ax.axis("off")
+        axes.flat[len(panels)].legend(handles=handles, loc="center", fontsize=9, frameon=False,
+                                      title=title, title_fontsize=8)
     else:
-        figure.legend(handles=handles, loc="lower right", fontsize=8, frameon=False)
-    figure.suptitle(f"{task}")
+        figure.legend(handles=handles, loc="lower right", fontsize=8, frameon=False, title=title)
+    figure.suptitle(task)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 
