@@ -47,7 +47,7 @@ from mfask.benchmarks.methods import Budget, MethodConfig, PosteriorEstimate, ge
 from mfask.benchmarks.results import append_row, completed_keys
 from mfask.benchmarks.tasks import Task, get_task
 from mfask.diagnostics import c2st, nltp, nrmse
-from mfask.errors import InvalidInputError
+from mfask.progress import format_duration
 
 __all__ = ["Job", "RunSummary", "plan_jobs", "run_job", "run_benchmark", "score_estimate"]
 
@@ -242,16 +242,6 @@ def run_job(job: Job, threads: int | None = 1) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- progress
-def _duration(seconds: float) -> str:
-    """``3725`` -> ``"1h02m05s"``, ``42.4`` -> ``"42s"``."""
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 class _Progress:
     """``[benchmarks] done/total`` lines with rate and ETA on a stream."""
 
@@ -271,7 +261,7 @@ class _Progress:
         elapsed = time.monotonic() - self.started
         rate = self.new / elapsed if elapsed > 0 else float("inf")
         remaining = self.total - self.done
-        eta = _duration(remaining / rate) if rate > 0 else "?"
+        eta = format_duration(remaining / rate) if rate > 0 else "?"
         if row["status"] == "ok":
             values = [f"{name} {np.mean(v):.3f}" for name, v in row["metrics"].items() if v is not None]
             outcome = f"{row['inference_seconds']:.1f}s, " + ", ".join(values)
