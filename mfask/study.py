@@ -526,9 +526,17 @@ class Study:
             self._stale = True  # interrupted mid-training: reload the stored models
             raise
         if histories:
-            with self._writing():
-                self._write_checkpoint()  # before syncing, so a reload keeps it
-                self._persist()
+            try:
+                with self._store.transaction():
+                    # store the new weights before syncing: should the sync
+                    # reload the posterior (others changed its state), it
+                    # reloads these weights
+                    self._write_checkpoint()
+                    self._sync()
+                    self._persist()
+            except BaseException:
+                self._stale = True
+                raise
         return histories
 
     def sample(self, n: int, x: Any, *, fidelity: str | None = None, timeout: float | None = None) -> np.ndarray:

@@ -256,6 +256,38 @@ def test_one_trainer_at_a_time_and_others_see_the_weights(tmp_path):
     other.close()
 
 
+def test_weights_trained_while_others_change_the_study_are_kept(tmp_path):
+    path = tmp_path / "s.mfask"
+    trainer = make_study(path)
+    batch = trainer.ask("low", 30)
+    trainer.tell(batch, simulate(batch.theta))
+    post = trainer.posterior
+    train = post.fit
+
+    def train_then_someone_changes_the_study(*args, **kwargs):
+        histories = train(*args, **kwargs)
+        # meanwhile another process changes the posterior's state (as a
+        # sequential round would) and tells a result
+        with sqlite3.connect(path) as connection:
+            meta = json.loads(connection.execute("SELECT meta FROM head").fetchone()[0])
+            meta["match_tolerance"] = 2e-5
+            connection.execute("UPDATE head SET meta = ?, revision = revision + 1", (json.dumps(meta),))
+        return histories
+
+    post.fit = train_then_someone_changes_the_study
+    histories = trainer.fit()
+    assert list(histories) == ["low"]
+    assert trainer.posterior is not post  # reloaded from the file...
+    assert trainer.posterior.match_tolerance == 2e-5
+    assert len(trainer.posterior.training_histories("low")) == 1  # ...with the new weights
+    assert trainer.fit() == {}
+    other = open_study(path)
+    x_o, theta = [1.0, 0.2, 0.5], np.array([[0.4, 0.6]])
+    np.testing.assert_array_equal(other.log_prob(theta, x_o), trainer.log_prob(theta, x_o))
+    trainer.close()
+    other.close()
+
+
 # -------------------------------------------------------------- bad files
 def _first_checkpoint(path: Path) -> tuple[bytes, str]:
     with sqlite3.connect(path) as connection:
