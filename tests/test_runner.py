@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-import mfask
 from mfask import BoxUniform, FlowConfig, TrainingConfig
 from mfask.runner import run
 from mfask.study import NON_FINITE_REASON, create_study
