@@ -148,7 +148,8 @@ def train_flow(
     z_val, x_val = z[validation_index], x[validation_index]
     num_train = z_train.shape[0]
 
-    optimizer = adam(list(flow.parameters()), config.learning_rate)
+    parameters = list(flow.parameters())  # collected once: walking the module tree every step costs
+    optimizer = adam(parameters, config.learning_rate)
     history = TrainingHistory(num_train=num_train, num_validation=num_validation)
     best_loss = math.inf
     best_state = copy.deepcopy(flow.state_dict())
@@ -163,7 +164,7 @@ def train_flow(
             loss = -flow.log_prob(z_train[batch], x_train[batch]).mean()
             loss.backward()
             if config.clip_max_norm is not None:
-                torch.nn.utils.clip_grad_norm_(flow.parameters(), config.clip_max_norm)
+                torch.nn.utils.clip_grad_norm_(parameters, config.clip_max_norm)
             optimizer.step()
             total += loss.item() * batch.shape[0]
         history.train_loss.append(total / num_train)
