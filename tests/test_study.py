@@ -110,6 +110,29 @@ def test_a_posterior_with_data_becomes_a_study(tmp_path):
     reopened.close()
 
 
+def test_sequential_rounds_are_persisted_and_resume(tmp_path):
+    path = tmp_path / "s.mfask"
+    study = make_study(path, fidelities=("high",))
+    batch = study.ask("high", 40)
+    study.tell(batch, simulate(batch.theta))
+    x_o = [1.0, 0.2, 0.5]
+    study.set_observation(x_o, quantile=1e-2, threshold_samples=1000)
+    for _ in range(2):
+        batch = study.ask("high", 10)
+        study.tell(batch, simulate(batch.theta))
+    assert "truncated" in study.ask("high", 5).source  # trains under the lock first
+    expected = snapshot(study.posterior)
+    study.close()
+
+    reopened = open_study(path)
+    np.testing.assert_array_equal(reopened.posterior.observation, expected.observation)
+    assert reopened.posterior.round == expected.round >= 2
+    np.testing.assert_array_equal(reopened.ask("high", 5).theta, expected.ask("high", 5).theta)
+    reopened.clear_observation()
+    assert open_study(path).posterior.observation is None
+    reopened.close()
+
+
 # -------------------------------------------------------------- life cycle
 def test_ticket_life_cycle_with_reasons_costs_and_retries(tmp_path):
     study = make_study(tmp_path / "s.mfask")
