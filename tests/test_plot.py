@@ -75,7 +75,7 @@ def test_pairplot_uses_given_limits_and_accepts_one_array(tmp_path: Path) -> Non
     render(fig, tmp_path, "pairplot_limits")
     assert fig.axes[1].get_xlim() == (0, 1) and fig.axes[1].get_ylim() == (-1, 2)
     assert fig.axes[2].get_xlabel() == "theta_1"
-    assert not fig.legends  # one set and no truth: nothing to explain
+    assert fig.legends[0].get_title().get_text() == "contours hold 50%, 90%"
 
 
 def test_pairplot_rejects_inconsistent_input() -> None:

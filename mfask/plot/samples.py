@@ -121,11 +121,13 @@ def pairplot(
 
         handles.append(Line2D([], [], color=TRUTH_COLOR, linewidth=1.0))
         labels.append("true parameters")
-    if len(sets) > 1 or truth_array is not None:
-        if d == 1:
+    if d == 1:
+        if len(sets) > 1 or truth_array is not None:
             panels[(0, 0)].legend(handles, labels, fontsize="small")
-        else:
-            fig.legend(handles, labels, loc="upper right", fontsize="small")
+    else:
+        title = "contours hold " + ", ".join(f"{f:.0%}" for f in fractions)
+        fig.legend(handles, labels, loc="upper right", fontsize="small", title=title,
+                   title_fontsize="small")
     return fig
 
 
