@@ -5,7 +5,7 @@ arrays (and, where natural, a :class:`~mfask.MultiFidelityPosterior`) and
 returns a matplotlib figure; none calls ``plt.show()`` or changes global
 matplotlib state. New figures are :class:`matplotlib.figure.Figure` objects
 not registered with pyplot: save them with ``fig.savefig(path)`` (no display
-or backend needed), or let Jupyter show them. To draw into a pyplot window
+or backend needed), or let Jupyter (inline backend) show them. To draw into a pyplot window
 instead, pass ``figure=plt.figure()`` (multi-panel plots) or ``ax=`` (single
 axes plots) and call ``plt.show()`` yourself.
 

@@ -4,7 +4,8 @@ Every plot function draws either into a caller's figure/axes or into a new
 :class:`matplotlib.figure.Figure` made here. Such a figure is not registered
 with ``matplotlib.pyplot``: it needs no GUI backend (``savefig`` renders with
 Agg), is not kept alive by pyplot's figure list, and leaves the user's
-backend choice alone. Jupyter displays it when it is the value of a cell.
+backend choice alone. Jupyter (inline backend) displays it when it is the value
+of a cell.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from scipy.ndimage import gaussian_filter
 from mfask.diagnostics._arrays import as_float_array, as_samples
 from mfask.errors import InvalidInputError
 from mfask.plot._figure import empty_figure, parameter_names
+from mfask.user_input import positive_int
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -76,8 +77,8 @@ def pairplot(
     names = parameter_names(names, d)
     truth_array = None if truth is None else _vector(truth, "truth", d)
     ranges = _limits(sets, truth_array, limits, d)
-    if int(bins) != bins or bins < 2:
-        raise InvalidInputError(f"bins must be an integer >= 2; got {bins!r}")
+    if positive_int(bins, "bins") < 2:
+        raise InvalidInputError(f"bins must be at least 2; got {bins!r}")
     fractions = sorted(float(level) for level in levels)
     if not fractions or fractions[0] <= 0 or fractions[-1] >= 1:
         raise InvalidInputError(f"levels must be fractions in (0, 1); got {levels!r}")
