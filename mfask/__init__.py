@@ -22,11 +22,13 @@ from mfask.errors import (
     UnknownTicketError,
     UnmatchedParametersError,
 )
+from mfask.acquisition import AcquisitionConfig
 from mfask.estimator import FlowConfig
 from mfask.fidelity import Fidelity
 from mfask.posterior import MultiFidelityPosterior, SimulationFailedWarning, TellResult
 from mfask.priors import BoxUniform, IndependentPrior, Prior, prior_from_spec
 from mfask.runner import RunReport, run
+from mfask.sequential import RoundInfo, SequentialWarning
 from mfask.study import Study, create_study, open_study
 from mfask.tickets import AskBatch
 from mfask.training import TrainingConfig, TrainingHistory
@@ -48,6 +50,9 @@ __all__ = [
     "FlowConfig",
     "TrainingConfig",
     "TrainingHistory",
+    "AcquisitionConfig",
+    "RoundInfo",
+    "SequentialWarning",
     "SimulationFailedWarning",
     "MfaskError",
     "InvalidInputError",

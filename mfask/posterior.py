@@ -60,6 +60,9 @@ from mfask.tickets import (
     TicketLedger,
 )
 from mfask.training import EpochReport, TrainingConfig, TrainingHistory, train_flow
+from mfask.acquisition import AcquisitionConfig, resolve_acquisition
+from mfask.ensemble import train_members
+from mfask.sequential import FirstRound, ProposalContext, RoundInfo, SequentialConfig, SequentialState
 from mfask.user_input import as_numeric_array, as_theta, as_ticket_ids, positive_int
 
 __all__ = ["MultiFidelityPosterior", "TellResult", "SimulationFailedWarning"]
@@ -186,7 +189,8 @@ class MultiFidelityPosterior:
         self._x_shape: tuple[int, ...] | None = None
         self._ask_generator = torch.Generator().manual_seed(self._stream_seed(0))
         self._sample_generator = torch.Generator().manual_seed(self._stream_seed(1))
-        self.round = 0
+        self.round = 0  # the sequential round (0: none), see mfask.sequential
+        self._sequence = SequentialState()
 
     # ================================================================ basics
     @property
@@ -302,24 +306,142 @@ class MultiFidelityPosterior:
         return f"MultiFidelityPosterior(d={self.prior.dim}, {counts}, round={self.round})"
 
     # =================================================================== ask
-    def ask(self, fidelity: str, n: int) -> AskBatch:
+    def ask(self, fidelity: str, n: int, *, acquisition: Any = None) -> AskBatch:
         """Open ``n`` new tickets at ``fidelity`` and return their parameters.
 
         In amortized use every row is a prior draw (source ``"prior"``).
+        After :meth:`set_observation`, asks at the highest fidelity are
+        sequential rounds (see :mod:`mfask.sequential`): prior draws in the
+        first round, then draws from the prior truncated to the posterior's
+        highest-density region at the observation (source ``"truncated"``),
+        a share of them replaced by ensemble-variance acquisitions (source
+        ``"acquisition"``) if ``acquisition`` asks for it: ``None`` keeps the
+        default given to :meth:`set_observation`, ``False`` turns it off for
+        this ask, ``True``, a fraction in ``(0, 1]`` or an
+        :class:`~mfask.acquisition.AcquisitionConfig` turns it on. An ask
+        never waits for pending tickets.
 
         Raises:
             UnknownFidelityError: ``fidelity`` is not one of :attr:`fidelity_names`.
-            InvalidInputError: ``n`` is not a positive integer.
+            InvalidInputError: ``n`` is not a positive integer, or
+                ``acquisition`` is invalid or given for an ask that is not a
+                sequential highest-fidelity ask.
         """
         index = self._fidelity_index(fidelity)
         n = positive_int(n, "n")
-        theta, source = self._propose(index, n)
+        sequential = self._sequence.active and index == len(self.fidelities) - 1
+        if not sequential and acquisition is not None and acquisition is not False:
+            raise InvalidInputError(
+                "acquisition applies to asks at the highest fidelity "
+                f"({self.fidelity_names[-1]!r}) after set_observation(x_o)"
+            )
+        wanted = self._sequence.wants_acquisition(acquisition) if sequential else None
+        theta, source = self._propose(index, n, wanted)
         return self._open_batch(index, theta, source)
 
-    def _propose(self, fidelity: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _propose(
+        self, fidelity: int, n: int, acquisition: AcquisitionConfig | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Parameters ``(n, d)`` and source codes ``(n,)`` for a new batch."""
+        if self._sequence.active and fidelity == len(self.fidelities) - 1:
+            theta, source = self._sequence.propose(n, acquisition, self._proposal_context())
+            self.round = self._sequence.round
+            return theta, source
         theta = self.prior.sample(n, self._ask_generator).numpy()
         return theta, np.full(n, SOURCES.index("prior"), dtype=np.int8)
+
+    # ============================================================ sequential
+    def set_observation(
+        self,
+        x_o: Any,
+        *,
+        quantile: float = 1e-4,
+        acquisition: Any = None,
+        first_round: FirstRound = "prior",
+        threshold_samples: int = 20_000,
+    ) -> None:
+        """Fix one observation ``x_o`` ``(*x_shape)``: from now on asks at the
+        highest fidelity are sequential rounds of (A-)(MF-)TSNPE at ``x_o``
+        (see :mod:`mfask.sequential`; one fidelity gives plain TSNPE).
+
+        Arguments:
+            quantile: the truncated region leaves out this share of the
+                posterior's mass.
+            acquisition: default for high-fidelity asks: ``None``/``False``
+                (none), ``True`` (20 % acquisitions from a 5-member
+                ensemble), a fraction in ``(0, 1]`` or an
+                :class:`~mfask.acquisition.AcquisitionConfig`. Acquisition
+                retrains the highest fidelity as an ensemble of
+                ``AcquisitionConfig.ensemble_size`` members, whatever the
+                constructor's ``ensemble_size``.
+            first_round: ``"prior"`` (default) or ``"lower"``: where the
+                first round's high-fidelity parameters come from.
+            threshold_samples: posterior draws that estimate the threshold.
+
+        Setting the same observation again keeps the rounds and updates the
+        settings; a different one starts again at round 1. If no simulator
+        output has been told yet, ``x_o``'s shape becomes :attr:`x_shape`.
+
+        Raises:
+            InvalidInputError: ``x_o`` does not have shape :attr:`x_shape`
+                (or ``(1, *x_shape)``), is not finite, or a setting is invalid.
+        """
+        config = SequentialConfig(
+            quantile=quantile,
+            threshold_samples=threshold_samples,
+            first_round=first_round,
+            acquisition=resolve_acquisition(acquisition, None),
+        )
+        if self._x_shape is None:
+            observation = as_numeric_array(x_o, "x_o").reshape(np.shape(x_o) or (1,))
+            if observation.size == 0 or not np.isfinite(observation).all():
+                raise InvalidInputError("x_o must be a non-empty, finite observation")
+        else:
+            observation = self._check_observations(x_o, single=True)[0].numpy()
+        if self._sequence.start(observation, config):
+            self.round = 0
+        if self._x_shape is None:
+            self._x_shape = tuple(observation.shape)
+
+    def clear_observation(self) -> None:
+        """Back to amortized asks (prior draws at every fidelity, round 0)."""
+        self._sequence.clear()
+        self.round = 0
+
+    @property
+    def observation(self) -> np.ndarray | None:
+        """The observation set with :meth:`set_observation` (a copy), or ``None``."""
+        observation = self._sequence.observation
+        return None if observation is None else observation.copy()
+
+    @property
+    def round_info(self) -> RoundInfo:
+        """The sequential round and its region (:class:`~mfask.sequential.RoundInfo`)."""
+        return self._sequence.info()
+
+    def _proposal_context(self) -> ProposalContext:
+        """What the sequential rules need for one highest-fidelity ask."""
+        top = len(self.fidelities) - 1
+
+        def posterior_of(level: int) -> tuple[PosteriorDensity, tuple[int, ...]]:
+            density = self.posterior(self.fidelity_names[level])
+            return density, tuple(self._levels[lower].fit_count for lower in range(level + 1))
+
+        return ProposalContext(
+            prior=self.prior,
+            counts=tuple(self._level_data_count(level) for level in range(top + 1)),
+            posterior_of=posterior_of,
+            pending=self._ledger.theta[self._ledger.ids_where(top, PENDING)],
+            generator=self._ask_generator,
+            stream_seed=lambda *keys: self._stream_seed(5, *keys),
+        )
+
+    def _member_count(self, level: int) -> int:
+        """Members of a level: ``ensemble_size``, or the acquisition ensemble's
+        size at the highest level once acquisition has been used."""
+        if level == len(self.fidelities) - 1:
+            return max(self.ensemble_size, self._sequence.ensemble_members)
+        return self.ensemble_size
 
     def _open_batch(self, fidelity: int, theta: np.ndarray, source: np.ndarray) -> AskBatch:
         ids = self._ledger.open(theta, fidelity, source, self.round)
@@ -519,6 +641,8 @@ class MultiFidelityPosterior:
             return False
         if state.members is None or state.trained_on != count:
             return True
+        if len(state.members) != self._member_count(level):
+            return True
         lower = self._lower_trained(level)
         current = None if lower is None else (lower, self._levels[lower].fit_count)
         return current != state.initialised_from
@@ -542,25 +666,29 @@ class MultiFidelityPosterior:
         x32 = torch.from_numpy(x).to(torch.float32)
         lower = self._lower_trained(level)
         lower_key = None if lower is None else (lower, self._levels[lower].fit_count)
-        if state.members is not None and lower_key == state.initialised_from:
+        count = self._member_count(level)
+        if (state.members is not None and len(state.members) == count
+                and lower_key == state.initialised_from):
             members = state.members  # warm start from this level's own weights
         elif lower is not None:
+            # a new ensemble size (acquisition) re-initialises the level: every
+            # member starts from the same pre-trained weights, seeds differ
             source = self._levels[lower].members
-            members = [copy.deepcopy(source[k % len(source)]) for k in range(self.ensemble_size)]
+            members = [copy.deepcopy(source[k % len(source)]) for k in range(count)]
             if self.transfer_standardization == "refit":
                 for member in members:
                     member.set_standardization(z, x32)
         else:
-            members = [self._new_flow(level, k) for k in range(self.ensemble_size)]
+            members = [self._new_flow(level, k) for k in range(count)]
             for member in members:
                 member.set_standardization(z, x32)
-        histories = []
-        for k, member in enumerate(members):
-            seed = self._stream_seed(2, level, state.fit_count, k)
-            histories.append(
-                train_flow(member, z, x32, self.training_config, seed=seed,
-                           progress=self._progress_printer(level, k, z.shape[0]))
-            )
+        previous = state.histories[-1] if state.histories else None
+        members, histories = train_members(
+            members, z, x32, self.training_config,
+            [self._stream_seed(2, level, state.fit_count, k) for k in range(count)],
+            seconds_per_member=None if not previous else sum(h.seconds for h in previous) / len(previous),
+            progress=[self._progress_printer(level, k, z.shape[0]) for k in range(count)],
+        )
         state.members = members
         state.fit_count += 1
         state.trained_on = z.shape[0]
@@ -585,7 +713,7 @@ class MultiFidelityPosterior:
         if not self.verbose:
             return None
         name = self.fidelity_names[level]
-        label = f"{name}" + (f" member {member}" if self.ensemble_size > 1 else "")
+        label = f"{name}" + (f" member {member}" if self._member_count(level) > 1 else "")
 
         def report(epoch: EpochReport) -> None:
             done = epoch.epochs_since_improvement >= self.training_config.stop_after_epochs
@@ -755,6 +883,8 @@ class MultiFidelityPosterior:
             })
             for k, member in enumerate(state.members or []):
                 arrays.update(module_to_arrays(member, f"model/{level}/{k}/"))
+        meta["sequential"], sequential_arrays = self._sequence.to_state()
+        arrays.update({f"sequential/{k}": v for k, v in sequential_arrays.items()})
         return meta, arrays
 
     @classmethod
@@ -802,6 +932,10 @@ class MultiFidelityPosterior:
             obj._ledger = TicketLedger.from_arrays(prior.dim, obj._used_columns, tickets)
             obj._ask_generator = generator_from_array(arrays["rng/ask"])
             obj._sample_generator = generator_from_array(arrays["rng/sample"])
+            obj._sequence = SequentialState.from_state(
+                meta.get("sequential"),
+                {k[len("sequential/"):]: v for k, v in arrays.items() if k.startswith("sequential/")},
+            )
             for level, saved in enumerate(meta["levels"]):
                 state = obj._levels[level]
                 state.fit_count = int(saved["fit_count"])
