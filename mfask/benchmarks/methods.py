@@ -15,6 +15,14 @@ Methods (:data:`METHODS`):
 * ``mf-npe``: amortized MF-NPE: ``budget.low`` simulations at every lower
   fidelity (pre-training, low to high), then ``budget.high`` HF simulations
   (fine-tuning).
+* ``tsnpe``: truncated sequential NPE at each observation: ``budget.high``
+  HF simulations split evenly over ``config.num_rounds`` rounds, the first
+  from the prior, later ones from the prior truncated to the current
+  posterior's highest-density region (``set_observation`` + asks).
+* ``mf-tsnpe``: the same after ``budget.low`` LF simulations (per
+  observation); round one is MF-NPE.
+* ``a-mf-tsnpe``: ``mf-tsnpe`` with 20 % of each truncated round chosen by
+  acquisition (variance across an ensemble of ``config.ensemble_size`` flows).
 * ``mf-abc``: multi-fidelity ABC (:mod:`mfask.benchmarks.mf_abc`), run per
   observation: an LF pool of ``budget.low`` and exactly ``budget.high`` HF runs.
 * ``sbi-npe``: the ``sbi`` package's NPE (neural spline flow of the same size,
@@ -22,9 +30,9 @@ Methods (:data:`METHODS`):
   an outside reference, available when ``sbi`` is installed.
 
 Budgets: amortized methods spend their budget once for all observations;
-per-observation methods (``mf-abc``) spend it at each observation, as in the
-paper. :attr:`PosteriorEstimate.simulations` records the simulator runs
-actually made, summed over observations.
+per-observation methods (the sequential ones and ``mf-abc``) spend it at
+each observation, as in the paper. :attr:`PosteriorEstimate.simulations`
+records the simulator runs actually made, summed over observations.
 
 Same data across methods: the HF simulations of ``npe``, ``mf-npe`` and
 ``sbi-npe`` at the same ``seed`` are identical. The posterior is seeded with
@@ -64,6 +72,11 @@ __all__ = [
     "embedding_for",
     "npe",
     "mf_npe",
+    "tsnpe",
+    "mf_tsnpe",
+    "a_mf_tsnpe",
+    "round_sizes",
+    "PerObservationEstimate",
     "mf_abc_method",
     "sbi_npe",
 ]
@@ -161,6 +174,23 @@ class AmortizedEstimate(PosteriorEstimate):
 
     def log_prob(self, theta: np.ndarray) -> np.ndarray:
         return self.posterior.log_prob_batched(np.asarray(theta)[:, None, :], self.x_o)[:, 0]
+
+
+class PerObservationEstimate(PosteriorEstimate):
+    """One :class:`MultiFidelityPosterior` per observation (sequential methods)."""
+
+    def __init__(self, posteriors: Sequence[MultiFidelityPosterior], x_o: np.ndarray, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.posteriors = list(posteriors)
+        self.x_o = x_o
+
+    def sample(self, num_samples: int) -> np.ndarray:
+        return np.stack([post.sample(num_samples, x) for post, x in zip(self.posteriors, self.x_o)])
+
+    def log_prob(self, theta: np.ndarray) -> np.ndarray:
+        theta = np.asarray(theta)
+        return np.array([float(post.log_prob(theta[i:i + 1], x)[0])
+                         for i, (post, x) in enumerate(zip(self.posteriors, self.x_o))])
 
 
 class WeightedSampleEstimate(PosteriorEstimate):
@@ -264,6 +294,75 @@ def mf_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: Metho
     if budget.low < 2:
         raise InvalidInputError(f"mf-npe needs a low-fidelity budget >= 2; got {budget.low}")
     return _amortized(task, x_o, budget, seed, config, task.fidelities)
+
+
+def round_sizes(total: int, rounds: int) -> list[int]:
+    """Split an HF budget ``total`` over ``rounds`` as evenly as possible
+    (earlier rounds take the remainder); every round needs 2 simulations."""
+    if not isinstance(rounds, int) or rounds < 1:
+        raise InvalidInputError(f"the number of rounds must be a positive integer; got {rounds!r}")
+    if total < 2 * rounds:
+        raise InvalidInputError(
+            f"{rounds} rounds need a high-fidelity budget of at least {2 * rounds}; got {total}"
+        )
+    base, extra = divmod(total, rounds)
+    return [base + (1 if r < extra else 0) for r in range(rounds)]
+
+
+def _sequential(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
+                fidelities: Sequence[str], acquisition: bool) -> PerObservationEstimate:
+    """Shared body of TSNPE, MF-TSNPE and A-MF-TSNPE: for each observation a
+    fresh posterior; ``budget.low`` runs at each lower fidelity (prior draws);
+    then ``set_observation`` and ``config.num_rounds`` HF rounds of ask,
+    simulate, tell (the first from the prior, the rest from the truncated
+    prior, plus acquisitions if ``acquisition``)."""
+    high = task.fidelities[-1]
+    sizes = round_sizes(budget.high, config.num_rounds)
+    choice: Any = None
+    if acquisition:
+        from mfask.acquisition import AcquisitionConfig
+
+        choice = AcquisitionConfig(ensemble_size=config.ensemble_size)
+    posteriors, simulations = [], {name: 0 for name in fidelities}
+    info: dict[str, list[Any]] = {"rounds": [], "region_prior_mass": []}
+    for i, observation in enumerate(np.asarray(x_o)):
+        sub_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
+        posterior = _new_posterior(task, fidelities, sub_seed, config)
+        for name in fidelities[:-1]:
+            simulations[name] += _ask_simulate_tell(posterior, task, name, budget.low,
+                                                    simulation_rng(seed, task, name, i))
+        posterior.set_observation(observation, acquisition=choice)
+        rng = simulation_rng(seed, task, high, i)
+        for size in sizes:
+            simulations[high] += _ask_simulate_tell(posterior, task, high, size, rng)
+        posterior.fit()
+        state = posterior.round_info
+        info["rounds"].append(state.round)
+        info["region_prior_mass"].append(state.region_prior_mass)
+        posteriors.append(posterior)
+    return PerObservationEstimate(posteriors, x_o, simulations=simulations, info=info)
+
+
+def tsnpe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> PerObservationEstimate:
+    """TSNPE per observation: ``budget.high`` HF runs split over
+    ``config.num_rounds`` rounds (``budget.low`` unused)."""
+    return _sequential(task, x_o, budget, seed, config, [task.fidelities[-1]], acquisition=False)
+
+
+def mf_tsnpe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> PerObservationEstimate:
+    """MF-TSNPE per observation: ``budget.low`` runs at each lower fidelity,
+    then the HF rounds of :func:`tsnpe` fine-tuned from the LF network."""
+    if budget.low < 2:
+        raise InvalidInputError(f"mf-tsnpe needs a low-fidelity budget >= 2; got {budget.low}")
+    return _sequential(task, x_o, budget, seed, config, task.fidelities, acquisition=False)
+
+
+def a_mf_tsnpe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> PerObservationEstimate:
+    """A-MF-TSNPE: :func:`mf_tsnpe` with 20 % of each truncated round chosen
+    by the variance of a ``config.ensemble_size``-member ensemble."""
+    if budget.low < 2:
+        raise InvalidInputError(f"a-mf-tsnpe needs a low-fidelity budget >= 2; got {budget.low}")
+    return _sequential(task, x_o, budget, seed, config, task.fidelities, acquisition=True)
 
 
 def mf_abc_method(task: Task, x_o: np.ndarray, budget: Budget, seed: int,
@@ -425,6 +524,12 @@ METHODS: dict[str, _Entry] = {
                   description="amortized NPE on the HF budget"),
     "mf-npe": _Entry(mf_npe, uses_low=True, per_observation=False,
                      description="LF pre-training, HF fine-tuning, amortized"),
+    "tsnpe": _Entry(tsnpe, uses_low=False, per_observation=True,
+                    description="truncated sequential NPE, HF budget split over rounds"),
+    "mf-tsnpe": _Entry(mf_tsnpe, uses_low=True, per_observation=True,
+                       description="LF pre-training, then TSNPE rounds at HF"),
+    "a-mf-tsnpe": _Entry(a_mf_tsnpe, uses_low=True, per_observation=True,
+                         description="MF-TSNPE with ensemble-variance acquisition"),
     "mf-abc": _Entry(mf_abc_method, uses_low=True, per_observation=True,
                      description="multi-fidelity rejection ABC (Prescott and Baker)"),
     "sbi-npe": _Entry(sbi_npe, uses_low=False, per_observation=False,
