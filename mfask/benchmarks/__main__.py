@@ -39,13 +39,14 @@ DEFAULTS: dict[str, Any] = {
 #: named sets of values; ``quick`` checks the pipeline, not the science
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "task": ["ou"], "methods": ["npe", "mf-npe", "mf-abc"], "low": [200], "high": [50],
-        "seeds": [0], "observations": 1, "num_samples": 200, "n_jobs": 2,
-        "hidden_features": 16, "num_transforms": 2, "max_epochs": 20,
+        "task": ["ou"], "methods": ["npe", "mf-npe", "tsnpe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"],
+        "low": [200], "high": [50], "seeds": [0], "observations": 1, "num_samples": 200,
+        "n_jobs": 2, "hidden_features": 16, "num_transforms": 2, "max_epochs": 20,
+        "rounds": 2, "ensemble_size": 2,
         "output": "results/quick.jsonl", "report_dir": "results/quick-report",
     },
     "paper": {
-        "task": ["ou"], "methods": ["npe", "mf-npe", "mf-abc"],
+        "task": ["ou"], "methods": ["npe", "mf-npe", "tsnpe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"],
         "low": [1000, 10_000, 100_000], "high": [50, 100, 1000, 10_000],
         "seeds": list(range(10)), "observations": 10, "num_samples": 1000,
         "output": "results/ou-paper.jsonl",
@@ -111,8 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_samples=v["num_samples"], config=config,
     )
     progress = None if args.quiet else sys.stderr
-    summary = run_benchmark(jobs, v["output"], n_jobs=v["n_jobs"],
-                            threads_per_job=v["threads_per_job"], progress=progress)
+    try:
+        summary = run_benchmark(jobs, v["output"], n_jobs=v["n_jobs"],
+                                threads_per_job=v["threads_per_job"], progress=progress)
+    except KeyboardInterrupt:
+        print(f"\n[benchmarks] interrupted; finished jobs are in {v['output']}: run the same "
+              "command again to resume", file=sys.stderr, flush=True)
+        return 130
     if progress is not None:
         print(f"[benchmarks] {summary.succeeded} succeeded, {summary.failed} failed, "
               f"{summary.skipped} skipped, in {summary.seconds:.0f}s; results in {v['output']}",
