@@ -13,9 +13,9 @@ import math
 import numpy as np
 import pytest
 
-from mfask import FlowConfig, TrainingConfig
+from mfask import FlowConfig, InvalidInputError, TrainingConfig
 from mfask.benchmarks.__main__ import PRESETS, main
-from mfask.benchmarks.methods import Budget, MethodConfig, mf_npe, npe
+from mfask.benchmarks.methods import Budget, MethodConfig, mf_npe, npe, round_sizes
 from mfask.benchmarks.mf_abc import mf_abc, weighted_quantile_threshold
 from mfask.benchmarks.results import append_row, read_rows
 from mfask.benchmarks.runner import Job, plan_jobs, run_benchmark
@@ -42,11 +42,13 @@ def test_quick_preset_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
         assert row["inference_seconds"] > 0 and row["peak_rss_mb"] > 0
         runs = row["simulations"]
         assert runs["high"] == 50  # HF runs are exactly the budget, for every method
-        if row["method"] == "npe":
+        if row["method"] in ("npe", "tsnpe"):
             assert row["low"] == 0 and "low" not in runs
             assert math.isfinite(metrics["nltp"][0])
-        elif row["method"] == "mf-npe":
+        elif row["method"] in ("mf-npe", "mf-tsnpe", "a-mf-tsnpe"):
             assert runs["low"] == 200 and math.isfinite(metrics["nltp"][0])
+        if row["method"].endswith("tsnpe"):
+            assert row["info"]["rounds"] == [2]  # HF 50 split as 25 + 25
         elif row["method"] == "mf-abc":
             assert runs["low"] >= 200 and metrics["nltp"] is None  # ABC has no density
     page = (report / "ou.md").read_text()
@@ -106,6 +108,13 @@ def test_npe_and_mf_npe_see_the_same_high_fidelity_data():
     assert multi.simulations == {"high": 12, "low": 20}
 
 
+def test_round_sizes_split_the_budget_evenly():
+    assert round_sizes(50, 4) == [13, 13, 12, 12]
+    assert sum(round_sizes(1001, 7)) == 1001
+    with pytest.raises(InvalidInputError, match="at least 8"):
+        round_sizes(7, 4)
+
+
 def test_weighted_quantile_threshold_selects_the_closest_share():
     d = np.array([0.5, 0.1, 0.3, 0.2, 0.4])
     eps = weighted_quantile_threshold(d, 0.4)
@@ -154,3 +163,18 @@ def test_mf_abc_recovers_the_high_fidelity_posterior_mean():
     assert np.all(np.abs(estimate - exact) < tolerance), (estimate, exact, tolerance)
     # the test can tell the two fidelities apart: plain LF-ABC would miss
     assert abs(lf_mean[0] - exact[0]) > 2 * tolerance[0]
+
+
+@pytest.mark.slow
+def test_sbi_npe_scores_on_the_data_npe_gets():
+    pytest.importorskip("sbi")
+    from mfask.benchmarks.methods import sbi_npe
+
+    task = get_task("ou")
+    theta_true, x_o = task.observations(2, seed=0)
+    config = MethodConfig(flow=FlowConfig(hidden_features=8, num_transforms=1),
+                          training=TrainingConfig(max_epochs=5))
+    estimate = sbi_npe(task, x_o, Budget(0, 30), seed=3, config=config)
+    assert estimate.simulations == {"high": 30}
+    assert estimate.sample(20).shape == (2, 20, 2)
+    assert np.isfinite(estimate.log_prob(theta_true)).all()
