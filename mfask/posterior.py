@@ -59,7 +59,7 @@ from mfask.tickets import (
     AskBatch,
     TicketLedger,
 )
-from mfask.training import EpochReport, TrainingConfig, TrainingHistory, train_flow
+from mfask.training import EpochReport, TrainingConfig, TrainingHistory
 from mfask.acquisition import AcquisitionConfig, resolve_acquisition
 from mfask.ensemble import train_members
 from mfask.sequential import FirstRound, ProposalContext, RoundInfo, SequentialConfig, SequentialState
