@@ -74,7 +74,8 @@ class RunRecord:
 
     ``simulation_seconds`` are costed (count x seconds per simulation from the
     timing runs); ``measured_simulation_seconds`` are the simulator calls of
-    this run; ``training_seconds`` are measured around ``post.fit()``.
+    this run; ``training_seconds`` are measured around ``post.fit()`` and, for
+    MF-NPE, include the LF pre-training, whose part is ``pretraining_seconds``.
     """
 
     method: str
@@ -85,6 +86,7 @@ class RunRecord:
     training_seconds: float
     simulation_seconds: float
     measured_simulation_seconds: float
+    pretraining_seconds: float = 0.0
 
     @property
     def total_seconds(self) -> float:
@@ -166,6 +168,7 @@ def run_mfnpe(
         simulate_and_tell(post, task.simulate, "high", budget, rng, ledger)
         fit_timed(post, ledger)
         records.append(_record("MF-NPE", seed, post, ledger, pairs))
+        records[-1].pretraining_seconds = base_ledger.training_seconds
         print(f"  MF-NPE seed {seed} HF {budget}: NLTP {records[-1].nltp:.3f}, "
               f"train {ledger.training_seconds:.1f} s", flush=True)
     return records
@@ -200,21 +203,29 @@ def compute_to_reach(
     return float(math.exp(c0 + fraction * (c1 - c0))), "interpolated"
 
 
-def _curve(records: list[RunRecord], method: str, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(total seconds, NLTP) over HF budgets; ``seed=None`` averages seeds."""
+def _curve(
+    records: list[RunRecord], method: str, seed: int | None, simulation_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(total seconds, NLTP) over HF budgets; ``seed=None`` averages seeds;
+    ``simulation_only`` counts simulation seconds alone."""
     chosen = [r for r in records if r.method == method and (seed is None or r.seed == seed)]
     budgets = sorted({r.high for r in chosen})
-    compute = np.array([np.mean([r.total_seconds for r in chosen if r.high == b]) for b in budgets])
+    def seconds(r: RunRecord) -> float:
+        return r.simulation_seconds if simulation_only else r.total_seconds
+
+    compute = np.array([np.mean([seconds(r) for r in chosen if r.high == b]) for b in budgets])
     quality = np.array([np.mean([r.nltp for r in chosen if r.high == b]) for b in budgets])
     return compute, quality
 
 
-def ratios(records: list[RunRecord], seeds: list[int]) -> list[dict[str, object]]:
+def ratios(
+    records: list[RunRecord], seeds: list[int], simulation_only: bool = False
+) -> list[dict[str, object]]:
     """Per seed (and ``"mean curves"``): target, compute to reach it, ratio."""
     rows = []
     for seed in [*seeds, None]:
-        npe_c, npe_q = _curve(records, "NPE", seed)
-        mf_c, mf_q = _curve(records, "MF-NPE", seed)
+        npe_c, npe_q = _curve(records, "NPE", seed, simulation_only)
+        mf_c, mf_q = _curve(records, "MF-NPE", seed, simulation_only)
         target = float(npe_q[-1])
         npe_need, npe_kind = compute_to_reach(npe_c, npe_q, target)
         mf_need, mf_kind = compute_to_reach(mf_c, mf_q, target)
@@ -223,15 +234,28 @@ def ratios(records: list[RunRecord], seeds: list[int]) -> list[dict[str, object]
             "seed": "mean curves" if seed is None else seed, "target": target,
             "npe_seconds": npe_need, "npe_kind": npe_kind,
             "mf_seconds": mf_need, "mf_kind": mf_kind, "ratio": ratio,
-            "ratio_kind": "at least" if mf_kind == "at most" else
-            ("MF-NPE did not reach the target" if mf_kind == "not reached" else "interpolated"),
+            "ratio_kind": _ratio_kind(npe_kind, mf_kind),
         })
     return rows
 
 
+def _ratio_kind(npe_kind: str, mf_kind: str) -> str:
+    """How to read NPE / MF-NPE given how each compute was found."""
+    if mf_kind == "not reached":
+        return "MF-NPE did not reach the target"
+    if npe_kind == "at most" and mf_kind == "at most":
+        return "both at their smallest budget"
+    return {"at most": "at least"}.get(mf_kind, {"at most": "at most"}.get(npe_kind, "interpolated"))
+
+
 def _fmt_ratio(row: dict[str, object]) -> str:
+    """The ratio with its bound, e.g. ``1.23``, ``>= 0.50``, ``<= 2.00``."""
     if row["ratio_kind"] == "at least":
         return f">= {row['ratio']:.2f}"
+    if row["ratio_kind"] == "at most":
+        return f"<= {row['ratio']:.2f}"
+    if row["ratio_kind"] == "both at their smallest budget":
+        return f"~{row['ratio']:.2f} (both at their smallest budget)"
     if math.isnan(row["ratio"]):
         return "n/a (MF-NPE did not reach the target)"
     return f"{row['ratio']:.2f}"
@@ -241,6 +265,7 @@ def write_markdown(
     path: Path, records: list[RunRecord], ratio_rows: list[dict[str, object]],
     per_simulation: dict[str, float], timing: dict[str, list[float]], args: argparse.Namespace,
     command: str, num_pairs: int, elapsed: float, figure: Path | None,
+    simulation_rows: list[dict[str, object]],
 ) -> None:
     """Write the page: budgets table, compute-to-target table, ratio, caveats."""
     table = []
@@ -270,6 +295,15 @@ def write_markdown(
         spread = "no seed gave a ratio"
     mean_row = ratio_rows[-1]
     sim_share = np.mean([r.simulation_seconds / r.total_seconds for r in records])
+    mf = [r for r in records if r.method == "MF-NPE"]
+    pretrain_share = np.mean([r.pretraining_seconds / r.training_seconds for r in mf])
+    pretrain = np.array(sorted({r.seed: r.pretraining_seconds for r in mf}.values()))
+    largest = max(args.npe_budgets)
+    npe_top = np.array([r.training_seconds for r in records if r.method == "NPE" and r.high == largest])
+    sim_ratio = _fmt_ratio(simulation_rows[-1])
+    sim_per_seed = ", ".join(_fmt_ratio(row) for row in simulation_rows[:-1])
+    costed = np.mean([r.simulation_seconds for r in records])
+    measured = np.mean([r.measured_simulation_seconds for r in records])
     timing_lines = ", ".join(
         f"{f} {', '.join(f'{1e3 * s:.2f}' for s in timing[f])} ms" for f in ("low", "high")
     )
@@ -335,27 +369,44 @@ Compute to reach the target:
 
 **Measured compute ratio NPE / MF-NPE: {spread}; on the seed-averaged curves
 {_fmt_ratio(mean_row)}.** The paper reports **{PAPER_RATIO}x** less total compute for
-MF-NPE on its L5PC task.
+MF-NPE on its L5PC task. A ratio above 1 means MF-NPE needed less compute.
+
+Counting simulation seconds alone (the same interpolation on the
+(simulation seconds, NLTP) curves, i.e. as if training were free), the ratio
+is {sim_ratio} on the seed-averaged curves (per seed: {sim_per_seed}).
 
 ## Why the numbers differ from the paper's
 
 * Here the HF simulator is cheap and only about {per_simulation['high'] / per_simulation['low']:.1f}x the cost of
-  the LF one (`docs/benchmarks/neuron_cost.md`: 2.2-2.4x at batch 200),
-  whereas the paper's HF L5PC model (NEURON, many compartments) is far more
-  expensive than its one-compartment LF model. Saving HF simulations is what
-  MF-NPE buys; when an HF simulation costs milliseconds, there is little
-  to save.
+  the LF one in this run's timing (`docs/benchmarks/neuron_cost.md`: 2.2-2.4x
+  at batch 200), whereas the paper's HF L5PC model is far more expensive than
+  its one-compartment LF model. What MF-NPE saves is HF simulations; when an
+  HF simulation costs milliseconds and an LF one about half of that, the
+  {args.mf_low} LF simulations cost as much as
+  {args.mf_low * per_simulation['low'] / per_simulation['high']:.0f} HF simulations (NPE's largest budget:
+  {largest} HF).
 * Simulation is only {100 * sim_share:.0f}% of the total compute on average in this run;
-  training dominates. MF-NPE pays for a full pre-training on {args.mf_low} LF
-  simulations plus a fine-tuning, which is more training than NPE on a few
-  hundred HF simulations needs, so the ratio mostly compares training times.
-* The budgets, seeds and test pairs are small to keep the run under about
-  25 minutes on a shared 2-core machine; NLTP over {num_pairs} pairs and
-  {len(args.seeds)} seeds is noisy, and the ratio's spread over seeds shows
-  how much. With more HF budgets between the ones above the interpolation
-  would be finer.
+  training dominates. MF-NPE's LF pre-training on {args.mf_low} simulations took
+  {pretrain.min():.0f}-{pretrain.max():.0f} s per seed ({100 * pretrain_share:.0f}% of its training seconds; fine-tuning on
+  the HF data is short), against {npe_top.min():.0f}-{npe_top.max():.0f} s for NPE at its largest budget
+  ({largest} HF). So the ratio mostly compares training times. It would grow
+  if an HF simulation cost many LF ones (as in the paper): the HF
+  simulations MF-NPE saves would then outweigh its LF simulations and
+  pre-training.
+* Training seconds are wall-clock on a shared, busy machine: the same
+  training can take twice as long when other jobs run, which moves the
+  per-seed ratios. Costed simulation seconds average {costed:.1f} s per run
+  against {measured:.1f} s measured inside the runs; the timing batches ran
+  at a different load than the runs (and simulations in the runs use batches
+  of up to 200 too).
+* The budgets, seeds and test pairs are small to keep the run short on a
+  shared 2-core machine; NLTP over {num_pairs} pairs and {len(args.seeds)} seeds is
+  noisy, and the spread of the ratio over seeds shows how much. The compute
+  to reach the target is interpolated between the budgets run.
 * The task is a CPU-sized stand-in for the paper's L5PC (soma + 2 dendrites,
-  our own Hodgkin-Huxley code), with 6 summary statistics instead of 4.
+  our own Hodgkin-Huxley code), with 6 summary statistics instead of 4, and
+  the quality measure is NLTP on held-out pairs rather than the paper's
+  metric against a reference.
 
 ## Machine
 
@@ -410,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     cost_simulations(records, per_simulation)
 
     ratio_rows = ratios(records, args.seeds)
+    simulation_rows = ratios(records, args.seeds, simulation_only=True)
     figure = None
     try:
         from mfask.plot import metric_vs_budget
@@ -429,10 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps({
         "command": command, "per_simulation_seconds": per_simulation, "timing": timing,
         "records": [{**asdict(r), "total_seconds": r.total_seconds} for r in records],
-        "ratios": ratio_rows,
+        "ratios": ratio_rows, "simulation_only_ratios": simulation_rows,
+        "elapsed_seconds": elapsed, "test_pairs": int(pairs[0].shape[0]),
     }, indent=2) + "\n")
     write_markdown(args.output, records, ratio_rows, per_simulation, timing, args, command,
-                   pairs[0].shape[0], elapsed, figure)
+                   pairs[0].shape[0], elapsed, figure, simulation_rows)
     for row in ratio_rows:
         print(f"seed {row['seed']}: target {row['target']:.3f}, NPE {row['npe_seconds']:.1f} s "
               f"({row['npe_kind']}), MF-NPE {row['mf_seconds']:.1f} s ({row['mf_kind']}), "
