@@ -394,7 +394,7 @@ is {sim_ratio} on the seed-averaged curves (per seed: {sim_per_seed}).
   simulations MF-NPE saves would then outweigh its LF simulations and
   pre-training.
 * Training seconds are wall-clock on a shared, busy machine: the same
-  training can take twice as long when other jobs run, which moves the
+  training can take two to three times as long when other jobs run, which moves the
   per-seed ratios. Costed simulation seconds average {costed:.1f} s per run
   against {measured:.1f} s measured inside the runs; the timing batches ran
   at a different load than the runs (and simulations in the runs use batches
