@@ -64,3 +64,32 @@ def test_ledger_counts_simulations_and_failures() -> None:
     assert ledger.high_simulation_seconds > 0
     assert post.num_simulations("high", "failed") == 3  # one per batch of 3, 3, 1
     assert post.num_simulations("high") == 4
+
+
+def _load_benchmark():
+    path = EXAMPLE.parents[1] / "benchmarks" / "neuron_compute.py"
+    spec = importlib.util.spec_from_file_location("neuron_compute", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compute_to_reach_interpolates_and_bounds() -> None:
+    """The compute-saving benchmark reads compute off a (compute, NLTP) curve."""
+    import math
+
+    import numpy as np
+
+    bench = _load_benchmark()
+    compute = np.array([10.0, 100.0, 1000.0])
+    quality = np.array([-1.0, -3.0, -5.0])
+    # halfway from -3 to -5 in NLTP is halfway from 100 to 1000 in log-compute
+    value, kind = bench.compute_to_reach(compute, quality, -4.0)
+    assert kind == "interpolated" and value == pytest.approx(math.sqrt(100 * 1000))
+    assert bench.compute_to_reach(compute, quality, 0.0) == (10.0, "at most")
+    value, kind = bench.compute_to_reach(compute, quality, -6.0)
+    assert kind == "not reached" and math.isnan(value)
+    # a curve that dips below the target and comes back: the first crossing counts
+    value, kind = bench.compute_to_reach(compute, np.array([-1.0, -4.0, -2.0]), -4.0)
+    assert (value, kind) == (pytest.approx(100.0), "interpolated")
