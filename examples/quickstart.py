@@ -30,7 +30,7 @@ def main() -> None:
     task = OrnsteinUhlenbeck()
     simulator_rng = np.random.default_rng(args.seed)
     theta_true, x_observed = task.observations(1, seed=args.seed + 100)
-    print(f"true parameters {dict(zip(task.prior.names, theta_true[0].round(3)))}")
+    print("true parameters", {n: round(float(v), 3) for n, v in zip(task.prior.names, theta_true[0])})
 
     started = time.perf_counter()
     posterior = mfask.MultiFidelityPosterior(
