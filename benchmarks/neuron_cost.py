@@ -14,19 +14,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from mfask.benchmarks.machine import describe_machine
 from mfask.benchmarks.tasks.neuron import NeuronTask
 
-__all__ = ["measure", "machine_description", "main"]
+__all__ = ["measure", "main"]
 
 
 def measure(
@@ -54,32 +52,6 @@ def measure(
     for fidelity in task.fidelities:
         results[fidelity]["median"] = float(np.median(results[fidelity]["seconds"]))
     return results
-
-
-def machine_description() -> str:
-    """CPU count (``nproc``), CPU model (``lscpu``), software versions and load."""
-    lines = []
-    for command in (["nproc"], ["lscpu"]):
-        try:
-            output = subprocess.run(
-                command, capture_output=True, text=True, check=True, timeout=10
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            output = "unavailable"
-        if command == ["lscpu"]:
-            keep = ("Model name", "CPU(s):", "Thread(s) per core", "L2 cache", "L3 cache")
-            output = "\n".join(
-                line.strip() for line in output.splitlines() if line.startswith(keep)
-            )
-        lines.append(f"$ {' '.join(command)}\n{output.strip()}")
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    lines.append(
-        f"python {platform.python_version()}, numpy {np.__version__}, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}\n"
-        f"load average when written (1, 5, 15 min): {load} "
-        "(the machine is shared; other jobs slow both fidelities alike)"
-    )
-    return "\n\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +113,7 @@ and on the machine's load, so re-measure for a different setting.
 Machine:
 
 ```
-{machine_description()}
+{describe_machine()}
 ```
 """
     args.output.parent.mkdir(parents=True, exist_ok=True)

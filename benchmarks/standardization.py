@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mfask import MultiFidelityPosterior
+from mfask.benchmarks.machine import describe_machine
 from mfask.benchmarks.tasks import OrnsteinUhlenbeck
 from mfask.benchmarks.tasks.linear_gaussian import LinearGaussian
 
@@ -75,18 +72,6 @@ def run(task, seed: int, num_low: int, high_budgets: list[int], folder: Path) ->
             })
             print(rows[-1], file=sys.stderr, flush=True)
     return rows
-
-
-def machine() -> str:
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-            if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "unknown CPU"
-    return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -140,7 +125,7 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/standardization.py --seeds {args.seeds} --low {args.low} "
         f"--high {' '.join(map(str, args.high))}`",
-        f"Date: {datetime.date.today().isoformat()}; machine: {machine()}.",
+        f"Date: {datetime.date.today().isoformat()}; machine: {describe_machine()}.",
         "",
     ]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,7 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -37,6 +35,7 @@ from pathlib import Path
 import torch
 from scipy import stats
 
+from mfask.benchmarks.machine import describe_machine
 from mfask.priors import BoxUniform
 from mfask.truncation import TruncatedPrior, TruncationWarning
 
@@ -132,21 +131,6 @@ def run_rejection(region: GaussianRegion, prior: BoxUniform, draws: int, seed: i
     )
 
 
-def machine_description() -> str:
-    cpu = "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return (
-        f"`nproc` = {nproc}, CPU model (lscpu) = {cpu}; Python {platform.python_version()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    )
-
-
 def fmt(value: float) -> str:
     if math.isinf(value):
         return "inf"
@@ -213,7 +197,7 @@ def main() -> None:
         "",
         f"Command: `{command}`  ",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
-        f"Machine: {machine_description()}  ",
+        f"Machine: {describe_machine()}  ",
         f"1-minute load average at start / end: {load_start:.2f} / {os.getloadavg()[0]:.2f} "
         "(other jobs shared the machine)",
         "",
