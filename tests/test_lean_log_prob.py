@@ -102,6 +102,23 @@ def test_spline_is_identity_in_the_tails_and_continuous_at_the_bounds() -> None:
     torch.testing.assert_close(log_det[1:5], torch.zeros(4, dtype=torch.float64), atol=1e-5, rtol=0)
 
 
+def test_a_deep_copy_evaluates_its_own_weights() -> None:
+    """Copies (as MF-NPE makes when a level starts from the one below) have
+    an evaluator bound to the copy's layers, not the original's."""
+    original = perturbed_flow(2, 3, scale=0.1, dtype=torch.float32, seed=7)
+    clone = copy.deepcopy(original)
+    with torch.no_grad():
+        for parameter in clone.parameters():
+            parameter.add_(0.05)
+    z, x = torch.randn(20, 2), torch.randn(20, 3)
+    u = (z - clone.z_shift) / clone.z_scale
+    torch.testing.assert_close(
+        clone.log_prob(z, x), clone.flow.log_prob(u, clone.embed(x)) - torch.log(clone.z_scale).sum(),
+        rtol=1e-5, atol=1e-5,
+    )
+    assert not torch.allclose(clone.log_prob(z, x), original.log_prob(z, x))
+
+
 def test_reads_current_weights_after_loading() -> None:
     """The evaluator holds no copy of the parameters: loading weights into the
     flow changes its result."""
