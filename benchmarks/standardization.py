@@ -21,6 +21,7 @@ Run:  python benchmarks/standardization.py [--seeds 5] [--low 2000] [--high 50 2
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import sys
 import tempfile
@@ -80,46 +81,74 @@ def main() -> None:
     parser.add_argument("--low", type=int, default=2000)
     parser.add_argument("--high", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--output", default="docs/standardization.md")
+    parser.add_argument(
+        "--rows-from", type=Path, default=None,
+        help="re-render the page from the result rows an earlier run printed on stderr "
+             "(seeds that did not finish for every variant are left out)",
+    )
     args = parser.parse_args()
     tasks = [LinearGaussian(), OrnsteinUhlenbeck()]
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as folder:
-        for task in tasks:
-            for seed in range(args.seeds):
-                rows.extend(run(task, seed, args.low, args.high, Path(folder)))
+    if args.rows_from is not None:
+        rows = [ast.literal_eval(line) for line in args.rows_from.read_text().splitlines()
+                if line.startswith("{'task'")]
+    else:
+        rows = []
+        with tempfile.TemporaryDirectory() as folder:
+            for task in tasks:
+                for seed in range(args.seeds):
+                    rows.extend(run(task, seed, args.low, args.high, Path(folder)))
+    write_page(rows, tasks, args)
 
+
+def complete_seeds(rows: list[dict], task_name: str, budgets: list[int]) -> list[int]:
+    """Seeds of ``task_name`` with a result for every budget and variant."""
+    seeds = sorted({r["seed"] for r in rows if r["task"] == task_name})
+    wanted = {(b, v) for b in budgets for v in ("refit", "keep", "npe")}
+    return [
+        seed for seed in seeds
+        if wanted <= {(r["high"], r["variant"]) for r in rows
+                      if r["task"] == task_name and r["seed"] == seed}
+    ]
+
+
+def write_page(rows: list[dict], tasks: list, args: argparse.Namespace) -> None:
+    """Write the markdown page: per task and budget, the three variants' NLL."""
     lines = [
         "# Fine-tuning: keep or refit the input standardisation?",
         "",
         "Held-out high-fidelity NLL, mean -log q(theta | x) over "
         f"{NUM_TEST} fresh (theta, x) pairs per seed (lower is better); mean +- standard "
-        f"error over {args.seeds} seeds; {args.low} low-fidelity simulations for pre-training.",
+        f"error over seeds; {args.low} low-fidelity simulations for pre-training.",
         "`refit`: the fine-tuned model recomputes the standardisation of theta and x on the "
         "high-fidelity data; `keep`: it keeps the low fidelity's; `npe`: no pre-training.",
         "`refit - keep`: mean +- standard error of the paired per-seed difference.",
         "",
-        "| task | HF sims | refit | keep | npe | refit - keep |",
-        "|---|---|---|---|---|---|",
+        "| task | HF sims | seeds | refit | keep | npe | refit - keep |",
+        "|---|---|---|---|---|---|---|",
     ]
     for task in tasks:
+        seeds = complete_seeds(rows, task.name, args.high)
+        if not seeds:
+            continue
         for budget in args.high:
             def values(variant: str) -> np.ndarray:
                 return np.array([r["nll"] for r in rows if r["task"] == task.name
-                                 and r["high"] == budget and r["variant"] == variant])
+                                 and r["seed"] in seeds and r["high"] == budget
+                                 and r["variant"] == variant])
 
             def cell(v: np.ndarray) -> str:
                 return f"{v.mean():.3f} +- {v.std(ddof=1) / np.sqrt(len(v)):.3f}"
 
             diff = values("refit") - values("keep")
-            lines.append(f"| {task.name} | {budget} | {cell(values('refit'))} | "
+            lines.append(f"| {task.name} | {budget} | {len(seeds)} | {cell(values('refit'))} | "
                          f"{cell(values('keep'))} | {cell(values('npe'))} | {cell(diff)} |")
-    if any(isinstance(t, LinearGaussian) for t in tasks):
-        lg = next(t for t in tasks if isinstance(t, LinearGaussian))
-        floors = []
-        for seed in range(args.seeds):
-            theta = lg.sample_prior(NUM_TEST, np.random.default_rng(10_000 + seed))
-            x = lg.simulate(theta, "high", np.random.default_rng(20_000 + seed))
-            floors.append(-lg.posterior_log_prob(theta, x).mean())
+    lg = next(t for t in tasks if isinstance(t, LinearGaussian))
+    floors = []
+    for seed in complete_seeds(rows, lg.name, args.high):
+        theta = lg.sample_prior(NUM_TEST, np.random.default_rng(10_000 + seed))
+        x = lg.simulate(theta, "high", np.random.default_rng(20_000 + seed))
+        floors.append(-lg.posterior_log_prob(theta, x).mean())
+    if floors:
         lines += ["", f"Exact posterior NLL on the linear-Gaussian test sets: {np.mean(floors):.3f}."]
     lines += [
         "",
