@@ -57,7 +57,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from neuron_case_study import ComputeLedger, fit_timed, simulate_and_tell  # noqa: E402
-from neuron_cost import machine_description, measure  # noqa: E402
+from neuron_cost import measure  # noqa: E402
+from mfask.benchmarks.machine import describe_machine  # noqa: E402
 
 from mfask import MultiFidelityPosterior  # noqa: E402
 from mfask.benchmarks.tasks.neuron import NeuronTask  # noqa: E402
@@ -411,7 +412,7 @@ is {sim_ratio} on the seed-averaged curves (per seed: {sim_per_seed}).
 ## Machine
 
 ```
-{machine_description()}
+{describe_machine()}
 ```
 
 Raw records: `{args.json}`.

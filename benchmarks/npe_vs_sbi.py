@@ -64,7 +64,7 @@ from mfask.diagnostics import c2st
 from mfask.estimator import ConditionalFlow, FlowConfig
 from mfask.priors import BoxUniform
 from mfask.training import TrainingConfig, adam, train_flow
-from neuron_cost import machine_description  # benchmarks/ is on sys.path when run as a script
+from mfask.benchmarks.machine import describe_machine
 
 __all__ = ["RunResult", "simulate_data", "train_mfask", "train_sbi", "step_times", "main"]
 
@@ -532,7 +532,7 @@ def render(args: argparse.Namespace, command: str, results: list[RunResult],
         for name, values in variants.items():
             lines.append(f"| {dim} | {name} | {values['median']:.1f} | {values['median'] / before:.2f} | "
                          f"{values['median'] / sbi_ms:.2f} | {values['operations']} |")
-    lines += ["", NOTES, "", "## Machine", "", "```", machine_description(), "```", ""]
+    lines += ["", NOTES, "", "## Machine", "", "```", describe_machine(), "```", ""]
     return "\n".join(lines)
 
 
