@@ -12,6 +12,7 @@ Shapes: ``theta`` is ``(n, d)`` float64; ``x`` is ``(n, *x_shape)`` float64
 from __future__ import annotations
 
 import abc
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,3 +77,29 @@ class Task(abc.ABC):
         """Reference samples ``(num_samples, d)`` from the high-fidelity posterior
         at ``x_o``; tasks without a tractable likelihood raise."""
         raise NotImplementedError(f"task {self.name!r} has no reference posterior")
+
+    def _cached_reference(
+        self,
+        x_o: np.ndarray,
+        num_samples: Any,
+        seed: Any,
+        sampler_settings: dict[str, Any],
+        compute: Callable[[np.ndarray, int, int], np.ndarray],
+        cache: bool,
+    ) -> np.ndarray:
+        """Reference samples ``(num_samples, d)`` from ``compute(x_o, num_samples, seed)``,
+        through the disk cache keyed by the task, ``x_o`` and the sampler's settings.
+
+        Raises :class:`~mfask.errors.InvalidInputError` unless ``num_samples`` >= 1.
+        """
+        from mfask.benchmarks.tasks.reference_cache import cached_reference
+        from mfask.errors import InvalidInputError
+
+        num_samples, seed = int(num_samples), int(seed)
+        if num_samples < 1:
+            raise InvalidInputError(f"num_samples must be positive; got {num_samples}")
+        settings = {**sampler_settings, "num_samples": num_samples, "seed": seed}
+        return cached_reference(
+            self.name, self.settings, x_o, settings,
+            lambda: compute(x_o, num_samples, seed), cache,
+        )

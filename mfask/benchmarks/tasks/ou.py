@@ -36,8 +36,7 @@ sampling (3-D).
 from __future__ import annotations
 
 import math
-from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +48,6 @@ from mfask.benchmarks.tasks.checks import (
     check_rng,
     check_theta,
 )
-from mfask.benchmarks.tasks.reference_cache import cached_reference
 from mfask.benchmarks.tasks.reference_samplers import sample_grid, tempered_smc
 from mfask.errors import InvalidInputError
 from mfask.priors import BoxUniform, Prior
@@ -164,25 +162,16 @@ class OrnsteinUhlenbeck(Task):
         docstring). Cached on disk unless ``cache=False``.
         """
         x_o = check_observation(x_o, self.x_shape)
-        num_samples = int(num_samples)
-        if num_samples < 1:
-            raise InvalidInputError(f"num_samples must be positive; got {num_samples}")
-        seed = int(seed)
-        compute: Callable[[], np.ndarray]
         if self.dim == 2:
-            settings: dict[str, Any] = {
-                "method": "grid", "version": _GRID_VERSION, "resolution": 500
-            }
-            compute = partial(self._grid_reference, x_o, num_samples, seed)
-        else:
-            num_particles = max(4 * num_samples, 4000)
-            settings = {
-                "method": "tempered_smc", "version": _SMC_VERSION,
-                "num_particles": num_particles,
-            }
-            compute = partial(self._smc_reference, x_o, num_samples, num_particles, seed)
-        settings.update(num_samples=num_samples, seed=seed)
-        return cached_reference(self.name, self.settings, x_o, settings, compute, cache)
+            sampler: dict[str, Any] = {"method": "grid", "version": _GRID_VERSION, "resolution": 500}
+            return self._cached_reference(x_o, num_samples, seed, sampler, self._grid_reference, cache)
+        num_particles = max(4 * int(num_samples), 4000)
+        sampler = {"method": "tempered_smc", "version": _SMC_VERSION, "num_particles": num_particles}
+
+        def compute(x_o: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+            return self._smc_reference(x_o, num_samples, num_particles, seed)
+
+        return self._cached_reference(x_o, num_samples, seed, sampler, compute, cache)
 
     def _grid_reference(self, x_o: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
         """Grid sampler over the 2-D prior box (the prior is flat inside it)."""

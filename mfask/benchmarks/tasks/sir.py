@@ -59,7 +59,6 @@ from mfask.benchmarks.tasks.checks import (
     check_rng,
     check_theta,
 )
-from mfask.benchmarks.tasks.reference_cache import cached_reference
 from mfask.benchmarks.tasks.reference_samplers import tabulate_on_grid
 from mfask.errors import InvalidInputError
 from mfask.priors import IndependentPrior, Prior
@@ -244,20 +243,14 @@ class SIR(Task):
         """Reference samples ``(num_samples, 2)`` from a zoomed grid over
         ``(log R0, log gamma)`` (see the module docstring). Cached on disk
         unless ``cache=False``."""
-        x_o = self._check_counts(x_o)
-        num_samples = int(num_samples)
-        if num_samples < 1:
-            raise InvalidInputError(f"num_samples must be positive; got {num_samples}")
-        seed = int(seed)
-        settings = {
+        sampler = {
             "method": "grid_log_r0_log_gamma",
             "version": _REFERENCE_VERSION,
             "resolution": _GRID_RESOLUTION,
-            "num_samples": num_samples,
-            "seed": seed,
         }
-        compute = partial(self._grid_reference, x_o, num_samples, seed)
-        return cached_reference(self.name, self.settings, x_o, settings, compute, cache)
+        return self._cached_reference(
+            self._check_counts(x_o), num_samples, seed, sampler, self._grid_reference, cache
+        )
 
     def log_posterior_grid(self, axes: list[np.ndarray], x_o: np.ndarray) -> np.ndarray:
         """Unnormalised log posterior density in ``(log R0, log gamma)`` on the

@@ -44,7 +44,6 @@ directions and leaves a smooth 3-D density that a grid handles exactly.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -56,9 +55,7 @@ from mfask.benchmarks.tasks.checks import (
     check_rng,
     check_theta,
 )
-from mfask.benchmarks.tasks.reference_cache import cached_reference
 from mfask.benchmarks.tasks.reference_samplers import tabulate_on_grid
-from mfask.errors import InvalidInputError
 from mfask.priors import BoxUniform, Prior
 
 __all__ = ["SLCP"]
@@ -142,20 +139,15 @@ class SLCP(Task):
     ) -> np.ndarray:
         """Reference samples ``(num_samples, 5)`` by the collapsed grid sampler
         (see the module docstring). Cached on disk unless ``cache=False``."""
-        x_o = check_observation(x_o, self.x_shape)
-        num_samples = int(num_samples)
-        if num_samples < 1:
-            raise InvalidInputError(f"num_samples must be positive; got {num_samples}")
-        seed = int(seed)
-        settings = {
+        sampler = {
             "method": "collapsed_grid",
             "version": _REFERENCE_VERSION,
             "resolution": _GRID_RESOLUTION,
-            "num_samples": num_samples,
-            "seed": seed,
         }
-        compute = partial(self._collapsed_grid_reference, x_o, num_samples, seed)
-        return cached_reference(self.name, self.settings, x_o, settings, compute, cache)
+        return self._cached_reference(
+            check_observation(x_o, self.x_shape), num_samples, seed, sampler,
+            self._collapsed_grid_reference, cache,
+        )
 
     def _collapsed_grid_reference(
         self, x_o: np.ndarray, num_samples: int, seed: int
