@@ -32,7 +32,7 @@ Usage (from the repository root)::
     python benchmarks/npe_vs_sbi.py [--budgets 1000 5000] [--seeds 3]
         [--observations 3] [--num-samples 5000] [--step-repeats 15]
         [--before-rev 5e70ae2^] [--theta-space-check]
-        [--output docs/benchmarks/npe_vs_sbi.md] [--render-from RUN.json]
+        [--output docs/benchmarks/npe_vs_sbi.md] [--resume] [--render-from RUN.json]
 """
 
 from __future__ import annotations
@@ -210,11 +210,14 @@ def score(
 def run_benchmark(
     budgets: list[int], seeds: list[int], num_observations: int, num_samples: int,
     theta_space: bool, log: Callable[[str], None],
+    done: dict[tuple[str, int, int, str], RunResult], record: Callable[[RunResult], None],
 ) -> tuple[list[RunResult], dict[str, list[dict[str, list[float]]]]]:
     """Every (task, budget, seed) with both methods (and, with ``theta_space``,
     the diagnostic :func:`train_theta_space` on box priors); see the module
-    docstring. Also returns, per task and observation, the reference
-    posterior's mean and std per parameter."""
+    docstring. Runs found in ``done`` (by task, budget, seed, method) are not
+    repeated; each new one is passed to ``record`` as it completes. Also
+    returns, per task and observation, the reference posterior's mean and std
+    per parameter."""
     results: list[RunResult] = []
     trainers = {"mfask": train_mfask, "sbi": train_sbi, THETA_SPACE: train_theta_space}
     reference_summary: dict[str, list[dict[str, list[float]]]] = {}
@@ -233,9 +236,13 @@ def run_benchmark(
                 theta, x = simulate_data(task, budget, seed)
                 order = ["mfask", "sbi"] if seed % 2 == 0 else ["sbi", "mfask"]
                 for method in order + extra:
+                    if (name, budget, seed, method) in done:
+                        results.append(done[name, budget, seed, method])
+                        continue
                     sample, seconds, epochs, steps = trainers[method](task, theta, x, seed)
                     scores = score(sample, task, observations, references)
                     results.append(RunResult(name, budget, seed, method, seconds, epochs, steps, scores))
+                    record(results[-1])
                     log(f"{name} budget={budget} seed={seed} {method}: {seconds:.1f} s, "
                         f"{epochs} epochs, {steps} steps, C2ST {np.mean(scores):.3f}")
     return results, reference_summary
@@ -398,7 +405,7 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
 
 def render(args: argparse.Namespace, command: str, results: list[RunResult],
            steps: dict[int, dict[str, dict[str, Any]]], references: dict[str, list[dict[str, list[float]]]],
-           started: datetime.datetime, elapsed: float) -> str:
+           started: datetime.datetime, elapsed: float, sessions: int = 1) -> str:
     """The Markdown page."""
     summary = summarise(results)
     lines = [
@@ -410,7 +417,9 @@ def render(args: argparse.Namespace, command: str, results: list[RunResult],
         command,
         "```",
         "",
-        f"Run started {started:%Y-%m-%d %H:%M} UTC and took {elapsed / 60:.0f} min. "
+        f"Run started {started:%Y-%m-%d %H:%M} UTC and ended {elapsed / 60:.0f} min later"
+        + (f" (interrupted and resumed with `--resume`: {sessions} sessions; every run's "
+           "time was measured within one session)" if sessions > 1 else "") + ". "
         f"torch {torch.__version__} with `torch.set_num_threads({args.threads})` for "
         "both libraries (the machine is shared and busy; one thread each keeps the "
         f"comparison fair), sbi {_version('sbi')}, normflows {_version('normflows')}. "
@@ -599,7 +608,7 @@ def render_saved(parser: argparse.ArgumentParser, path: Path) -> int:
     steps = {int(dim): variants for dim, variants in saved["steps"].items()}
     references = saved.get("references", {})
     run_args.output.write_text(render(run_args, saved["command"], results, steps, references,
-                                      started, elapsed))
+                                      started, elapsed, saved.get("sessions", 1)))
     print(f"wrote {run_args.output}")
     return 0
 
@@ -621,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true", help="step times only (no doc written)")
     parser.add_argument("--render-from", type=Path, default=None,
                         help="only re-write the page from the JSON of an earlier run (its own command and settings)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its progress file (same settings)")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks/npe_vs_sbi.md"))
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.observations < 1 or args.num_samples < 10 or args.step_repeats < 1:
@@ -631,32 +642,85 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     for module in ("sbi", "nflows"):  # notes on priors, deprecated torch calls
         warnings.filterwarnings("ignore", module=module)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    started = datetime.datetime.now(datetime.timezone.utc)
+    arguments = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *arguments])
     clock = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - clock:7.0f} s] {message}", flush=True)
 
+    # Progress: one JSON line per finished part, so that an interrupted run
+    # (the machine is shared) can continue with --resume.
+    progress_path = args.output.with_suffix(".progress.jsonl")
+    saved = _read_progress(progress_path, command) if args.resume else {}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if not saved:
+        saved = {"start": {"command": command, "started": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(), "sessions": 1}}
+        progress_path.write_text(json.dumps({"kind": "start", **saved["start"]}) + "\n")
+    else:
+        saved["start"]["sessions"] += 1
+        _append(progress_path, {"kind": "session"})
+    started = datetime.datetime.fromisoformat(saved["start"]["started"])
+
     # The first optimizer a process builds imports torch._dynamo (seconds);
     # pay that before anything is timed, so neither library is charged for it.
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-    steps = step_times(args.step_dims, args.step_repeats, args.steps_per_repeat, args.before_rev, log)
+    if "steps" in saved:
+        steps = saved["steps"]
+    else:
+        steps = step_times(args.step_dims, args.step_repeats, args.steps_per_repeat, args.before_rev, log)
+        _append(progress_path, {"kind": "steps", "steps": {str(d): v for d, v in steps.items()}})
     if args.skip_training:
         return 0
-    results, references = run_benchmark(args.budgets, list(range(args.seeds)), args.observations,
-                                        args.num_samples, args.theta_space_check, log)
-    elapsed = time.perf_counter() - clock
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(args, command, results, steps, references, started, elapsed))
+    results, references = run_benchmark(
+        args.budgets, list(range(args.seeds)), args.observations, args.num_samples,
+        args.theta_space_check, log, saved.get("runs", {}),
+        lambda run: _append(progress_path, {"kind": "run", **asdict(run)}),
+    )
+    elapsed = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    sessions = saved["start"]["sessions"]
+    args.output.write_text(render(args, command, results, steps, references, started, elapsed, sessions))
     args.output.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "started": started.isoformat(), "seconds": elapsed,
+        {"command": command, "started": started.isoformat(), "seconds": elapsed, "sessions": sessions,
          "runs": [asdict(r) for r in results], "references": references,
          "summary": summarise(results), "steps": {str(d): v for d, v in steps.items()}},
         indent=1,
     ))
+    progress_path.unlink()
     log(f"wrote {args.output}")
     return 0
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _read_progress(path: Path, command: str) -> dict[str, Any]:
+    """What an interrupted run with the same ``command`` finished: its
+    ``start``, ``steps`` and ``runs`` (by task, budget, seed, method)."""
+    if not path.exists():
+        return {}
+    saved: dict[str, Any] = {"runs": {}}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut off by the interruption
+            continue
+        kind = record.pop("kind")
+        if kind == "start":
+            if record["command"] != command:
+                raise SystemExit(f"{path} belongs to another command: {record['command']}")
+            saved["start"] = record
+        elif kind == "session":
+            saved["start"]["sessions"] += 1
+        elif kind == "steps":
+            saved["steps"] = {int(d): v for d, v in record["steps"].items()}
+        elif kind == "run":
+            run = RunResult(**record)
+            saved["runs"][run.task, run.budget, run.seed, run.method] = run
+    return saved
 
 
 if __name__ == "__main__":
