@@ -15,7 +15,8 @@ import pytest
 
 from mfask import FlowConfig, InvalidInputError, TrainingConfig
 from mfask.benchmarks.__main__ import PRESETS, main
-from mfask.benchmarks.methods import Budget, MethodConfig, mf_npe, npe, round_sizes
+from mfask.benchmarks.methods import Budget, MethodConfig, mf_npe, mf_tsnpe, npe, round_sizes
+from mfask.benchmarks.pretraining import PretrainingCache
 from mfask.benchmarks.mf_abc import mf_abc, weighted_quantile_threshold
 from mfask.benchmarks.results import append_row, read_rows
 from mfask.benchmarks.runner import Job, plan_jobs, run_benchmark
@@ -40,6 +41,7 @@ def test_quick_preset_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
         assert len(metrics["nrmse"]) == 1 and math.isfinite(metrics["nrmse"][0])
         assert 0.0 <= metrics["c2st"][0] <= 1.0  # the OU task has a reference
         assert row["inference_seconds"] > 0 and row["peak_rss_mb"] > 0
+        assert row["method_seconds"] >= row["inference_seconds"]
         runs = row["simulations"]
         assert runs["high"] == 50  # HF runs are exactly the budget, for every method
         if row["method"] in ("npe", "tsnpe"):
@@ -51,6 +53,12 @@ def test_quick_preset_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
             assert row["info"]["rounds"] == [2]  # HF 50 split as 25 + 25
         elif row["method"] == "mf-abc":
             assert runs["low"] >= 200 and metrics["nltp"] is None  # ABC has no density
+    # the three MF neural methods share one LF pre-training, charged to each
+    assert len(list((tmp_path / "results.jsonl.pretrained").glob("*.npz"))) == 1
+    shared = [row["info"]["pretraining"] for row in rows
+              if row["method"] in ("mf-npe", "mf-tsnpe", "a-mf-tsnpe")]
+    assert len(shared) == 3 and all(entry["reused"] for entry in shared)
+    assert len({entry["seconds"] for entry in shared}) == 1 and shared[0]["seconds"] > 0
     page = (report / "ou.md").read_text()
     assert "| method | HF 50 |" in page and "mf-npe (LF 200)" in page and "(1)" in page
     assert (report / "ou.png").stat().st_size > 1000
@@ -106,6 +114,34 @@ def test_npe_and_mf_npe_see_the_same_high_fidelity_data():
     np.testing.assert_array_equal(theta_single, theta_multi)
     np.testing.assert_array_equal(x_single, x_multi)
     assert multi.simulations == {"high": 12, "low": 20}
+
+
+def test_reused_pretraining_equals_pretraining_afresh(tmp_path):
+    task = get_task("ou")
+    _, x_o = task.observations(2, seed=0)
+    config = MethodConfig(flow=FlowConfig(hidden_features=8, num_transforms=1),
+                          training=TrainingConfig(max_epochs=3), num_rounds=2)
+    cache = PretrainingCache(tmp_path / "cache")
+    afresh = mf_npe(task, x_o, Budget(40, 12), seed=5, config=config)
+    built = mf_npe(task, x_o, Budget(40, 30), seed=5, config=config, cache=cache)
+    reused = mf_npe(task, x_o, Budget(40, 12), seed=5, config=config, cache=cache)
+    sequential = mf_tsnpe(task, x_o, Budget(40, 8), seed=5, config=config, cache=cache)
+    assert not built.info["pretraining"]["reused"]
+    assert reused.info["pretraining"]["reused"] and sequential.info["pretraining"]["reused"]
+    assert reused.info["pretraining"]["seconds"] == built.info["pretraining"]["seconds"]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    # the same LF data, the same LF network, the same HF data and final model
+    for posterior in (built.posterior, reused.posterior, *sequential.posteriors):
+        for a, b in zip(afresh.posterior.data("low"), posterior.data("low")):
+            np.testing.assert_array_equal(a, b)
+        theta = task.sample_prior(5, np.random.default_rng(1))
+        np.testing.assert_allclose(posterior.log_prob(theta, x_o[0], fidelity="low"),
+                                   afresh.posterior.log_prob(theta, x_o[0], fidelity="low"), rtol=1e-6)
+    np.testing.assert_array_equal(afresh.posterior.data("high")[0], reused.posterior.data("high")[0])
+    theta_true = task.sample_prior(2, np.random.default_rng(2))
+    np.testing.assert_allclose(afresh.log_prob(theta_true), reused.log_prob(theta_true), rtol=1e-6)
+    # LF runs are counted once however many observations share them
+    assert sequential.simulations == {"low": 40, "high": 2 * 8}
 
 
 def test_round_sizes_split_the_budget_evenly():

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from mfask.benchmarks.methods import METHODS, MethodConfig
 from mfask.benchmarks.report import write_report
-from mfask.benchmarks.runner import plan_jobs, run_benchmark
+from mfask.benchmarks.runner import default_pretraining_cache, plan_jobs, run_benchmark
 from mfask.benchmarks.tasks import TASK_NAMES
 from mfask.estimator import FlowConfig
 from mfask.training import TrainingConfig
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--hidden-features", type=int, help="flow width")
     add("--num-transforms", type=int, help="flow depth")
     add("--max-epochs", type=int, help="training epochs cap")
+    add("--pretraining-cache", help="directory of shared LF pre-trainings "
+        "(default: <output>.pretrained)")
+    add("--no-pretraining-cache", action="store_true",
+        help="every MF job pre-trains for itself (nothing shared or kept)")
     add("--report-dir", help="where the markdown tables and plots go")
     add("--no-report", action="store_true", help="do not write the report")
     add("--quiet", action="store_true", help="no progress lines")
@@ -113,8 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     progress = None if args.quiet else sys.stderr
     try:
+        cache = (None if args.no_pretraining_cache
+                 else args.pretraining_cache or default_pretraining_cache(v["output"]))
         summary = run_benchmark(jobs, v["output"], n_jobs=v["n_jobs"],
-                                threads_per_job=v["threads_per_job"], progress=progress)
+                                threads_per_job=v["threads_per_job"], progress=progress,
+                                pretraining_cache=cache)
     except KeyboardInterrupt:
         print(f"\n[benchmarks] interrupted; finished jobs are in {v['output']}: run the same "
               "command again to resume", file=sys.stderr, flush=True)

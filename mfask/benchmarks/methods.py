@@ -19,8 +19,9 @@ Methods (:data:`METHODS`):
   HF simulations split evenly over ``config.num_rounds`` rounds, the first
   from the prior, later ones from the prior truncated to the current
   posterior's highest-density region (``set_observation`` + asks).
-* ``mf-tsnpe``: the same after ``budget.low`` LF simulations (per
-  observation); round one is MF-NPE.
+* ``mf-tsnpe``: the same, fine-tuned from an LF pre-training on
+  ``budget.low`` simulations per lower fidelity (one per seed, shared by the
+  observations: pre-training sees no observation); round one is MF-NPE.
 * ``a-mf-tsnpe``: ``mf-tsnpe`` with 20 % of each truncated round chosen by
   acquisition (variance across an ensemble of ``config.ensemble_size`` flows).
 * ``mf-abc``: multi-fidelity ABC (:mod:`mfask.benchmarks.mf_abc`), run per
@@ -30,9 +31,15 @@ Methods (:data:`METHODS`):
   an outside reference, available when ``sbi`` is installed.
 
 Budgets: amortized methods spend their budget once for all observations;
-per-observation methods (the sequential ones and ``mf-abc``) spend it at
-each observation, as in the paper. :attr:`PosteriorEstimate.simulations`
-records the simulator runs actually made, summed over observations.
+per-observation methods (the sequential ones and ``mf-abc``) spend the HF
+budget at each observation, as in the paper. The LF pre-training of the MF
+neural methods (``mf-npe``, ``mf-tsnpe``, ``a-mf-tsnpe``) is done once per
+(task, LF budget, seed, settings) and reused through a
+:class:`~mfask.benchmarks.pretraining.PretrainingCache` (save and load, as a
+user would); a job that reuses it still reports its full cost in
+``info["pretraining"]``. :attr:`PosteriorEstimate.simulations` records the
+simulator runs the estimate rests on, summed over observations (the shared
+LF runs counted once).
 
 Same data across methods: the HF simulations of ``npe``, ``mf-npe`` and
 ``sbi-npe`` at the same ``seed`` are identical. The posterior is seeded with
@@ -44,14 +51,16 @@ derived from ``(seed, fidelity index)`` only.
 from __future__ import annotations
 
 import abc
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from mfask.benchmarks.mf_abc import MFABCResult, mf_abc
+from mfask.benchmarks.pretraining import PretrainingCache, PretrainingRecord, pretraining_key
 from mfask.benchmarks.tasks.base import Task
 from mfask.errors import InvalidInputError
 from mfask.estimator import FlowConfig
@@ -76,6 +85,8 @@ __all__ = [
     "mf_tsnpe",
     "a_mf_tsnpe",
     "round_sizes",
+    "pretrain_low_fidelities",
+    "pretrained_state",
     "PerObservationEstimate",
     "mf_abc_method",
     "sbi_npe",
@@ -85,6 +96,7 @@ __all__ = [
 _SIMULATION_STREAM = 1
 _ABC_STREAM = 2
 _RESAMPLE_STREAM = 3
+_PRETRAIN_PRIOR_STREAM = 4
 
 
 @dataclass(frozen=True)
@@ -212,10 +224,15 @@ class WeightedSampleEstimate(PosteriorEstimate):
 
 
 class Method(Protocol):
-    """``method(task, x_o (m, *x_shape), budget, seed, config) -> PosteriorEstimate``."""
+    """``method(task, x_o (m, *x_shape), budget, seed, config, cache=None) -> PosteriorEstimate``.
+
+    ``cache`` (a :class:`~mfask.benchmarks.pretraining.PretrainingCache`)
+    lets the MF neural methods reuse one LF pre-training per (task, LF budget,
+    seed, settings); others ignore it."""
 
     def __call__(
-        self, task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig
+        self, task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
+        cache: PretrainingCache | None = None,
     ) -> PosteriorEstimate: ...
 
 
@@ -269,31 +286,111 @@ def _ask_simulate_tell(
     return n
 
 
+def pretrain_low_fidelities(task: Task, low: int, seed: int,
+                            config: MethodConfig) -> tuple[MultiFidelityPosterior, PretrainingRecord]:
+    """A posterior over all of ``task``'s fidelities, trained on ``low``
+    simulations at each lower fidelity and nothing else.
+
+    The LF parameters are prior draws from a generator of their own (derived
+    from ``seed`` and the fidelity), told with ``unasked="prior"`` as a user
+    tells an archive of earlier runs: the posterior's own ask stream stays
+    untouched, so its first HF asks are the same draws as a fresh one-fidelity
+    posterior's (the HF data of ``npe`` and ``mf-npe`` coincide). Returns the
+    posterior and what it cost (:class:`PretrainingRecord`).
+    """
+    posterior = _new_posterior(task, task.fidelities, seed, config)
+    simulations: dict[str, int] = {}
+    simulation_seconds = 0.0
+    for name in task.fidelities[:-1]:
+        started = time.perf_counter()
+        theta = task.sample_prior(low, np.random.default_rng(
+            [int(seed), _PRETRAIN_PRIOR_STREAM, task.fidelities.index(name)]))
+        x = task.simulate(theta, name, simulation_rng(seed, task, name))
+        simulation_seconds += time.perf_counter() - started
+        posterior.tell(theta, x, name, unasked="prior")
+        simulations[name] = int(low)
+    started = time.perf_counter()
+    posterior.fit(task.fidelities[-2])
+    training_seconds = time.perf_counter() - started
+    return posterior, PretrainingRecord(simulation_seconds, training_seconds, simulations)
+
+
+def pretrained_state(task: Task, low: int, seed: int, config: MethodConfig,
+                     cache: PretrainingCache) -> tuple[str, PretrainingRecord]:
+    """The saved state of :func:`pretrain_low_fidelities` in ``cache``
+    (built there on first use) and its cost record."""
+    settings = {"flow": asdict(config.flow), "training": asdict(config.training)}
+    key = pretraining_key(task.name, task.settings, low, seed, settings)
+
+    def build() -> tuple[MultiFidelityPosterior, PretrainingRecord]:
+        from mfask.benchmarks.memory import peak_memory_mb, reset_peak_memory
+
+        scope = reset_peak_memory()
+        posterior, record = pretrain_low_fidelities(task, low, seed, config)
+        return posterior, replace(record, peak_rss_mb=peak_memory_mb(scope))
+
+    path, record = cache.get_or_build(key, build)
+    return str(path), record
+
+
+def _load_pretrained(task: Task, path: str) -> MultiFidelityPosterior:
+    """A fresh copy of a pre-trained posterior, as saved in the cache."""
+    return MultiFidelityPosterior.load(path, prior=task.prior, embedding_net=embedding_for(task))
+
+
+class _JobCache:
+    """The cache a method uses: the runner's, or a temporary one for the call."""
+
+    def __init__(self, cache: PretrainingCache | None) -> None:
+        self._temporary = None if cache is not None else tempfile.TemporaryDirectory(prefix="mfask-pretrain-")
+        self.cache = cache if cache is not None else PretrainingCache(self._temporary.name)
+
+    def __enter__(self) -> PretrainingCache:
+        return self.cache
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._temporary is not None:
+            self._temporary.cleanup()
+
+
+def _pretraining_info(record: PretrainingRecord) -> dict[str, Any]:
+    return {"pretraining": record.to_dict()}
+
+
 def _amortized(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
-               fidelities: Sequence[str]) -> AmortizedEstimate:
-    """Shared body of NPE (one fidelity) and MF-NPE (all of them)."""
+               multi_fidelity: bool, cache: PretrainingCache | None) -> AmortizedEstimate:
+    """Shared body of NPE (HF only) and MF-NPE (LF pre-training first)."""
     high = task.fidelities[-1]
-    posterior = _new_posterior(task, fidelities, seed, config)
-    simulations = {high: _ask_simulate_tell(posterior, task, high, budget.high,
-                                            simulation_rng(seed, task, high))}
-    for name in fidelities[:-1]:
-        simulations[name] = _ask_simulate_tell(posterior, task, name, budget.low,
-                                               simulation_rng(seed, task, name))
+    info: dict[str, Any] = {}
+    simulations: dict[str, int] = {}
+    if multi_fidelity:
+        with _JobCache(cache) as job_cache:
+            path, record = pretrained_state(task, budget.low, seed, config, job_cache)
+            posterior = _load_pretrained(task, path)
+        simulations.update(record.simulations)
+        info.update(_pretraining_info(record))
+    else:
+        posterior = _new_posterior(task, [high], seed, config)
+    simulations[high] = _ask_simulate_tell(posterior, task, high, budget.high,
+                                           simulation_rng(seed, task, high))
     posterior.fit()
-    return AmortizedEstimate(posterior, x_o, simulations=simulations)
+    return AmortizedEstimate(posterior, x_o, simulations=simulations, info=info)
 
 
-def npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> AmortizedEstimate:
+def npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
+        cache: PretrainingCache | None = None) -> AmortizedEstimate:
     """Amortized NPE on ``budget.high`` HF simulations (``budget.low`` unused)."""
-    return _amortized(task, x_o, budget, seed, config, [task.fidelities[-1]])
+    return _amortized(task, x_o, budget, seed, config, False, None)
 
 
-def mf_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> AmortizedEstimate:
-    """Amortized MF-NPE: ``budget.low`` runs at each lower fidelity, then
-    ``budget.high`` HF runs; each level starts from the weights below."""
+def mf_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
+           cache: PretrainingCache | None = None) -> AmortizedEstimate:
+    """Amortized MF-NPE: ``budget.low`` runs at each lower fidelity
+    (pre-training, through ``cache`` if given), then ``budget.high`` HF runs;
+    each level starts from the weights below."""
     if budget.low < 2:
         raise InvalidInputError(f"mf-npe needs a low-fidelity budget >= 2; got {budget.low}")
-    return _amortized(task, x_o, budget, seed, config, task.fidelities)
+    return _amortized(task, x_o, budget, seed, config, True, cache)
 
 
 def round_sizes(total: int, rounds: int) -> list[int]:
@@ -310,12 +407,18 @@ def round_sizes(total: int, rounds: int) -> list[int]:
 
 
 def _sequential(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
-                fidelities: Sequence[str], acquisition: bool) -> PerObservationEstimate:
+                multi_fidelity: bool, acquisition: bool,
+                cache: PretrainingCache | None) -> PerObservationEstimate:
     """Shared body of TSNPE, MF-TSNPE and A-MF-TSNPE: for each observation a
-    fresh posterior; ``budget.low`` runs at each lower fidelity (prior draws);
-    then ``set_observation`` and ``config.num_rounds`` HF rounds of ask,
-    simulate, tell (the first from the prior, the rest from the truncated
-    prior, plus acquisitions if ``acquisition``)."""
+    posterior (fresh for TSNPE; for the MF methods a copy of the one LF
+    pre-training of this seed, :func:`pretrained_state`, since pre-training
+    sees no observation), then ``set_observation`` and ``config.num_rounds``
+    HF rounds of ask, simulate, tell (the first from the prior, the rest from
+    the truncated prior, plus acquisitions if ``acquisition``).
+
+    The MF methods' copies share the posterior's seed, so their first-round
+    HF parameters coincide across the observations of a seed (the outputs do
+    not: each observation simulates with its own generator)."""
     high = task.fidelities[-1]
     sizes = round_sizes(budget.high, config.num_rounds)
     choice: Any = None
@@ -323,50 +426,59 @@ def _sequential(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: 
         from mfask.acquisition import AcquisitionConfig
 
         choice = AcquisitionConfig(ensemble_size=config.ensemble_size)
-    posteriors, simulations = [], {name: 0 for name in fidelities}
-    info: dict[str, list[Any]] = {"rounds": [], "region_prior_mass": []}
-    for i, observation in enumerate(np.asarray(x_o)):
-        sub_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
-        posterior = _new_posterior(task, fidelities, sub_seed, config)
-        for name in fidelities[:-1]:
-            simulations[name] += _ask_simulate_tell(posterior, task, name, budget.low,
-                                                    simulation_rng(seed, task, name, i))
-        posterior.set_observation(observation, acquisition=choice)
-        rng = simulation_rng(seed, task, high, i)
-        for size in sizes:
-            simulations[high] += _ask_simulate_tell(posterior, task, high, size, rng)
-        posterior.fit()
-        state = posterior.round_info
-        info["rounds"].append(state.round)
-        info["region_prior_mass"].append(state.region_prior_mass)
-        posteriors.append(posterior)
+    posteriors, simulations = [], {high: 0}
+    info: dict[str, Any] = {"rounds": [], "region_prior_mass": []}
+    with _JobCache(cache if multi_fidelity else None) as job_cache:
+        if multi_fidelity:
+            path, record = pretrained_state(task, budget.low, seed, config, job_cache)
+            simulations.update(record.simulations)
+            info.update(_pretraining_info(record))
+        for i, observation in enumerate(np.asarray(x_o)):
+            if multi_fidelity:
+                posterior = _load_pretrained(task, path)
+            else:
+                sub_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
+                posterior = _new_posterior(task, [high], sub_seed, config)
+            posterior.set_observation(observation, acquisition=choice)
+            rng = simulation_rng(seed, task, high, i)
+            for size in sizes:
+                simulations[high] += _ask_simulate_tell(posterior, task, high, size, rng)
+            posterior.fit()
+            state = posterior.round_info
+            info["rounds"].append(state.round)
+            info["region_prior_mass"].append(state.region_prior_mass)
+            posteriors.append(posterior)
     return PerObservationEstimate(posteriors, x_o, simulations=simulations, info=info)
 
 
-def tsnpe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> PerObservationEstimate:
+def tsnpe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
+          cache: PretrainingCache | None = None) -> PerObservationEstimate:
     """TSNPE per observation: ``budget.high`` HF runs split over
     ``config.num_rounds`` rounds (``budget.low`` unused)."""
-    return _sequential(task, x_o, budget, seed, config, [task.fidelities[-1]], acquisition=False)
+    return _sequential(task, x_o, budget, seed, config, False, False, None)
 
 
-def mf_tsnpe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> PerObservationEstimate:
-    """MF-TSNPE per observation: ``budget.low`` runs at each lower fidelity,
-    then the HF rounds of :func:`tsnpe` fine-tuned from the LF network."""
+def mf_tsnpe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
+             cache: PretrainingCache | None = None) -> PerObservationEstimate:
+    """MF-TSNPE per observation: the LF pre-training of ``budget.low`` runs
+    at each lower fidelity (once, shared), then the HF rounds of
+    :func:`tsnpe` fine-tuned from the LF network."""
     if budget.low < 2:
         raise InvalidInputError(f"mf-tsnpe needs a low-fidelity budget >= 2; got {budget.low}")
-    return _sequential(task, x_o, budget, seed, config, task.fidelities, acquisition=False)
+    return _sequential(task, x_o, budget, seed, config, True, False, cache)
 
 
-def a_mf_tsnpe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> PerObservationEstimate:
+def a_mf_tsnpe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
+               cache: PretrainingCache | None = None) -> PerObservationEstimate:
     """A-MF-TSNPE: :func:`mf_tsnpe` with 20 % of each truncated round chosen
     by the variance of a ``config.ensemble_size``-member ensemble."""
     if budget.low < 2:
         raise InvalidInputError(f"a-mf-tsnpe needs a low-fidelity budget >= 2; got {budget.low}")
-    return _sequential(task, x_o, budget, seed, config, task.fidelities, acquisition=True)
+    return _sequential(task, x_o, budget, seed, config, True, True, cache)
 
 
 def mf_abc_method(task: Task, x_o: np.ndarray, budget: Budget, seed: int,
-                  config: MethodConfig) -> WeightedSampleEstimate:
+                  config: MethodConfig, cache: PretrainingCache | None = None) -> WeightedSampleEstimate:
     """MF-ABC at each observation with the task's lowest and highest fidelity.
 
     ``budget.low`` is the LF pool per observation (more LF runs are made if
@@ -462,7 +574,8 @@ def _sbi_prior(task: Task) -> torch.distributions.Distribution:
     return MultipleIndependent(cast, validate_args=False)
 
 
-def sbi_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig) -> PosteriorEstimate:
+def sbi_npe(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: MethodConfig,
+            cache: PretrainingCache | None = None) -> PosteriorEstimate:
     """``sbi``'s NPE trained on the HF simulations ``npe`` uses at this seed.
 
     The data are produced through a one-fidelity :class:`MultiFidelityPosterior`
@@ -514,21 +627,23 @@ class _Entry:
     run: Method
     uses_low: bool
     per_observation: bool
+    pretrains: bool = False
     description: str = field(default="")
 
 
 #: the methods by name; ``uses_low`` says whether ``Budget.low`` matters and
-#: ``per_observation`` whether the budget is spent per observation.
+#: ``per_observation`` whether the budget is spent per observation;
+#: ``pretrains`` whether it uses the shared LF pre-training.
 METHODS: dict[str, _Entry] = {
     "npe": _Entry(npe, uses_low=False, per_observation=False,
                   description="amortized NPE on the HF budget"),
-    "mf-npe": _Entry(mf_npe, uses_low=True, per_observation=False,
+    "mf-npe": _Entry(mf_npe, uses_low=True, per_observation=False, pretrains=True,
                      description="LF pre-training, HF fine-tuning, amortized"),
     "tsnpe": _Entry(tsnpe, uses_low=False, per_observation=True,
                     description="truncated sequential NPE, HF budget split over rounds"),
-    "mf-tsnpe": _Entry(mf_tsnpe, uses_low=True, per_observation=True,
+    "mf-tsnpe": _Entry(mf_tsnpe, uses_low=True, per_observation=True, pretrains=True,
                        description="LF pre-training, then TSNPE rounds at HF"),
-    "a-mf-tsnpe": _Entry(a_mf_tsnpe, uses_low=True, per_observation=True,
+    "a-mf-tsnpe": _Entry(a_mf_tsnpe, uses_low=True, per_observation=True, pretrains=True,
                          description="MF-TSNPE with ensemble-variance acquisition"),
     "mf-abc": _Entry(mf_abc_method, uses_low=True, per_observation=True,
                      description="multi-fidelity rejection ABC (Prescott and Baker)"),

@@ -7,7 +7,7 @@ metric (rows: method and LF budget; columns: HF budget; cells
 Pooling: quality metrics (``c2st``, ``nltp``, ``nrmse``) are stored per
 observation; mean and std are taken over every (seed, observation) value, as
 in the paper, and ``n`` is written ``runs×observations``. Cost metrics
-(``inference_seconds``, ``peak_rss_mb``) are one value per run and ``n`` is
+(``method_seconds``, ``peak_rss_mb``) are one value per run and ``n`` is
 the number of runs. Only rows with ``status == "ok"`` are pooled; failed jobs
 are listed under the tables.
 
@@ -35,7 +35,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "c2st": ("C2ST accuracy (0.5 is perfect)", True),
     "nltp": ("NLTP, -log q(theta_true | x_o)", True),
     "nrmse": ("NRMSE", True),
-    "inference_seconds": ("wall-clock seconds (simulate + train + sample)", False),
+    "method_seconds": ("wall-clock seconds per run (simulate + train + sample, LF pre-training included)", False),
     "peak_rss_mb": ("peak memory of the worker (MB)", False),
 }
 
@@ -80,6 +80,8 @@ def _values(row: dict[str, Any], metric: str) -> list[float] | None:
     if METRICS[metric][1]:
         return row["metrics"].get(metric)
     value = row.get(metric)
+    if value is None and metric == "method_seconds":
+        value = row.get("inference_seconds")  # rows written before method_seconds existed
     return None if value is None else [float(value)]
 
 
@@ -131,7 +133,7 @@ def markdown_report(task: str, rows: Sequence[dict[str, Any]], plot_name: str | 
             entries = [cells.get((task, metric, label, h)) for h in highs]
             if all(entry is None for entry in entries):
                 continue
-            digits = 1 if metric in ("inference_seconds", "peak_rss_mb") else 3
+            digits = 1 if metric in ("method_seconds", "peak_rss_mb") else 3
             lines.append(f"| {label} | " + " | ".join(
                 "" if entry is None else entry.format(digits) for entry in entries) + " |")
         lines.append("")

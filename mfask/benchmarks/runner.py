@@ -43,13 +43,16 @@ from typing import Any, Iterable, Sequence, TextIO
 
 import numpy as np
 
-from mfask.benchmarks.methods import Budget, MethodConfig, PosteriorEstimate, get_method
+from mfask.benchmarks.memory import peak_memory_mb, reset_peak_memory
+from mfask.benchmarks.methods import Budget, MethodConfig, PosteriorEstimate, get_method, pretrained_state
+from mfask.benchmarks.pretraining import PretrainingCache
 from mfask.benchmarks.results import append_row, completed_keys
 from mfask.benchmarks.tasks import Task, get_task
 from mfask.diagnostics import c2st, nltp, nrmse
 from mfask.progress import format_duration
 
-__all__ = ["Job", "RunSummary", "plan_jobs", "run_job", "run_benchmark", "score_estimate"]
+__all__ = ["Job", "RunSummary", "plan_jobs", "run_job", "run_benchmark", "score_estimate",
+           "default_pretraining_cache"]
 
 
 @dataclass(frozen=True)
@@ -131,32 +134,6 @@ def plan_jobs(
     return jobs
 
 
-# ---------------------------------------------------------------- memory
-def _reset_peak_memory() -> str:
-    """Reset the process's peak RSS if the OS allows; returns the scope the
-    next :func:`_peak_memory_mb` reading covers (``"job"`` or ``"process"``)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return "job"
-    except OSError:
-        return "process"
-
-
-def _peak_memory_mb(scope: str) -> float:
-    """Peak resident set size in MB since the reset (``"job"``) or since the
-    process started (``"process"``)."""
-    if scope == "job":
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
-
-
 # ---------------------------------------------------------------- scoring
 def score_estimate(
     task: Task,
@@ -192,13 +169,21 @@ def score_estimate(
 
 
 # ---------------------------------------------------------------- one job
-def run_job(job: Job, threads: int | None = 1) -> dict[str, Any]:
+def run_job(job: Job, threads: int | None = 1,
+            pretraining_cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Run and score one job; returns its result row (never raises for a
     failure of the method: the row then has ``status="error"``).
 
     ``threads`` caps torch's intra-op threads for the job (restored after);
     ``None`` leaves them alone. One thread per job is fastest when jobs run
-    in parallel on a busy machine.
+    in parallel on a busy machine. ``pretraining_cache`` is the directory of
+    the shared LF pre-trainings (:mod:`mfask.benchmarks.pretraining`); without
+    it each MF job pre-trains for itself.
+
+    Cost fields: ``inference_seconds`` is this job's own wall clock
+    (simulate, train, sample; not scoring); ``method_seconds`` adds the
+    recorded cost of a reused pre-training, i.e. what the method costs on its
+    own; ``peak_rss_mb`` likewise covers the pre-training's peak.
     """
     import torch
 
@@ -213,11 +198,18 @@ def run_job(job: Job, threads: int | None = 1) -> dict[str, Any]:
         task = get_task(job.task)
         theta_true, x_o = task.observations(job.num_observations, seed=job.observation_seed)
         method = get_method(job.method)
-        scope = _reset_peak_memory()
-        estimate = method.run(task, x_o, Budget(job.low, job.high), job.seed, job.config)
+        scope = reset_peak_memory()
+        cache = None if pretraining_cache is None else PretrainingCache(pretraining_cache)
+        estimate = method.run(task, x_o, Budget(job.low, job.high), job.seed, job.config, cache=cache)
         samples = estimate.sample(job.num_samples)
         inference_seconds = time.perf_counter() - started
-        peak = _peak_memory_mb(scope)
+        peak = peak_memory_mb(scope)
+        method_seconds = inference_seconds
+        pretraining = estimate.info.get("pretraining")
+        if pretraining is not None and pretraining["reused"]:
+            method_seconds += pretraining["seconds"]
+            if pretraining["peak_rss_mb"] is not None:
+                peak = max(peak, pretraining["peak_rss_mb"])
         metrics = score_estimate(task, estimate, theta_true, x_o, job.num_samples, samples)
         row.update(
             status="ok",
@@ -225,6 +217,7 @@ def run_job(job: Job, threads: int | None = 1) -> dict[str, Any]:
             simulations=estimate.simulations,
             info=estimate.info,
             inference_seconds=inference_seconds,
+            method_seconds=method_seconds,
             scoring_seconds=time.perf_counter() - started - inference_seconds,
             peak_rss_mb=peak,
             peak_rss_scope=scope,
@@ -290,6 +283,27 @@ class RunSummary:
     seconds: float
 
 
+def _pretrain(task: str, low: int, seed: int, config: MethodConfig, directory: str,
+              threads: int | None) -> tuple[str, float, bool]:
+    """Build one shared LF pre-training (worker side); returns a label, its
+    seconds and whether it already existed."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        _, record = pretrained_state(get_task(task), low, seed, config, PretrainingCache(directory))
+    finally:
+        torch.set_num_threads(previous)
+    return f"{task} pre-training low={low} seed={seed}", record.seconds, record.reused
+
+
+def default_pretraining_cache(output: str | os.PathLike[str]) -> str:
+    """The pre-training cache next to a results file: ``<output>.pretrained/``."""
+    return f"{os.fspath(output)}.pretrained"
+
+
 def run_benchmark(
     jobs: Iterable[Job],
     output: str | os.PathLike[str],
@@ -297,8 +311,14 @@ def run_benchmark(
     n_jobs: int = 1,
     threads_per_job: int | None = 1,
     progress: TextIO | None = sys.stderr,
+    pretraining_cache: str | os.PathLike[str] | None = "next-to-output",
 ) -> RunSummary:
     """Run the jobs not yet done in ``output``; append each result as it finishes.
+
+    First builds, in parallel, the LF pre-trainings the pending MF jobs
+    share (kept in ``pretraining_cache``, by default
+    :func:`default_pretraining_cache`; ``None`` makes every job pre-train
+    for itself), then runs the jobs.
 
     Arguments:
         jobs: from :func:`plan_jobs` (duplicates are run once).
@@ -307,19 +327,35 @@ def run_benchmark(
             uses every core).
         threads_per_job: torch threads per job (:func:`run_job`).
         progress: stream for progress lines; ``None`` for silence.
+        pretraining_cache: directory of shared LF pre-trainings.
     """
     from joblib import Parallel, delayed
 
+    if pretraining_cache == "next-to-output":
+        pretraining_cache = default_pretraining_cache(output)
     unique = list({job.key: job for job in jobs}.values())
     done = completed_keys(output)
     pending = [job for job in unique if job.key not in done]
-    tracker = _Progress(len(unique), len(unique) - len(pending), progress)
     started = time.monotonic()
+    if pretraining_cache is not None:
+        needed = {(job.task, job.low, job.seed, job.config) for job in pending
+                  if get_method(job.method).pretrains}
+        if needed:
+            parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+            directory = os.fspath(pretraining_cache)
+            for count, (label, seconds, reused) in enumerate(parallel(
+                    delayed(_pretrain)(task, low, seed, config, directory, threads_per_job)
+                    for task, low, seed, config in sorted(needed, key=lambda k: (k[0], -k[1], k[2]))), 1):
+                if progress is not None:
+                    state = "already built" if reused else f"{seconds:.1f}s"
+                    print(f"[benchmarks] pre-training {count}/{len(needed)} | {label}: {state}",
+                          file=progress, flush=True)
+    tracker = _Progress(len(unique), len(unique) - len(pending), progress)
     counts = {"ok": 0, "error": 0}
     if pending:
         labels = {job.key: job.describe() for job in pending}
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        for row in parallel(delayed(run_job)(job, threads_per_job) for job in pending):
+        for row in parallel(delayed(run_job)(job, threads_per_job, pretraining_cache) for job in pending):
             append_row(output, row)
             counts[row["status"]] += 1
             tracker.update(row, labels[row["key"]])
