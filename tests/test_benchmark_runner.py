@@ -214,3 +214,13 @@ def test_sbi_npe_scores_on_the_data_npe_gets():
     assert estimate.simulations == {"high": 30}
     assert estimate.sample(20).shape == (2, 20, 2)
     assert np.isfinite(estimate.log_prob(theta_true)).all()
+
+
+def test_matching_budget_interpolates_in_log_budget_and_reports_bounds():
+    from mfask.benchmarks.report import matching_budget
+
+    budgets, values = [1000, 10, 100], [0.6, 0.8, 0.7]  # any order; 0.1 less per decade
+    budget, how = matching_budget(budgets, values, 0.65)
+    assert how == "interpolated" and budget == pytest.approx(10 ** 2.5)
+    assert matching_budget(budgets, values, 0.9) == (10.0, "at most")
+    assert matching_budget(budgets, values, 0.5) == (1000.0, "more than")
