@@ -10,6 +10,7 @@ import pytest
 from mfask.benchmarks.tasks.neuron import (
     E_LEAK,
     G_LEAK,
+    L5PC_LIKE_BRANCHES,
     SUMMARY_NAMES,
     Branch,
     NeuronTask,
@@ -41,6 +42,30 @@ def test_hf_with_one_compartment_equals_lf_exactly(task: NeuronTask) -> None:
     # ... and the default high fidelity is a different model
     x_high = task.simulate(THETA, "high", np.random.default_rng(3))
     assert np.abs(x_high - x_low)[:, STIM_MEAN].max() > 1.0
+
+
+def test_l5pc_like_morphology_runs_spikes_and_collapses_to_lf() -> None:
+    """The stylised pyramidal-cell tree: finite summaries over prior draws,
+    spikes in a good part of the prior at both fidelities, none for tiny gNa,
+    and its HF with one compartment per branch is its LF bit for bit."""
+    assert len(L5PC_LIKE_BRANCHES) == 11
+    cell = NeuronTask(branches=L5PC_LIKE_BRANCHES)
+    assert cell.settings["branches"][0] == [600.0, 3.0]
+    theta = cell.sample_prior(40, np.random.default_rng(0))
+    for fidelity in cell.fidelities:
+        x = cell.simulate(theta, fidelity, np.random.default_rng(1))
+        assert x.shape == (40, 6) and np.isfinite(x).all()
+        assert (x[:, SPIKES] >= 1).mean() > 0.4, x[:, SPIKES]
+        quiet = cell.simulate(np.array([[0.005, 0.05]]), fidelity, np.random.default_rng(1))
+        assert quiet[0, SPIKES] == 0 and quiet[0, PEAK] < -20.0
+    one = NeuronTask(compartments=1, branches=L5PC_LIKE_BRANCHES)
+    x_low = cell.simulate(THETA, "low", np.random.default_rng(3))
+    np.testing.assert_array_equal(one.simulate(THETA, "high", np.random.default_rng(3)), x_low)
+    # its HF differs from its LF, and from the default cell's HF
+    x_high = cell.simulate(THETA, "high", np.random.default_rng(3))
+    assert np.abs(x_high - x_low)[:, STIM_MEAN].max() > 1.0
+    default_high = NeuronTask().simulate(THETA, "high", np.random.default_rng(3))
+    assert np.abs(x_high - default_high)[:, STIM_MEAN].max() > 1.0
 
 
 def test_shapes(task: NeuronTask) -> None:
@@ -108,8 +133,8 @@ def test_resting_potential_is_near_leak_reversal(task: NeuronTask) -> None:
 
 @pytest.mark.parametrize(
     "branches",
-    [None, (Branch(400.0, 1.0), Branch(900.0, 4.0), Branch(100.0, 0.5))],
-    ids=["default", "three-branches"],
+    [None, (Branch(400.0, 1.0), Branch(900.0, 4.0), Branch(100.0, 0.5)), L5PC_LIKE_BRANCHES],
+    ids=["default", "three-branches", "l5pc-like"],
 )
 def test_passive_input_resistance_matches_cable_theory(
     branches: tuple[Branch, ...] | None,

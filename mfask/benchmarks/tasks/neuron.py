@@ -104,6 +104,11 @@ runs, 2-core AMD EPYC, numpy 2.4, on a machine shared with other jobs.
 simulation) and 2.22 at load ~9 (LF 5.69 ms, HF 12.61 ms; the run recorded in
 ``docs/benchmarks/neuron_cost.md``). The ratio is below the compartment ratio
 17/3 because at this batch size much of each time step is numpy call overhead.
+
+With ``branches=L5PC_LIKE_BRANCHES`` (11 branches; 89 HF and 12 LF
+compartments), ``python benchmarks/neuron_cost.py --morphology l5pc-like
+--batch 200 --repeats 7`` measured **HF/LF 4.33** (LF 2.67 ms, HF 11.54 ms per
+simulation, load ~2; ``docs/benchmarks/neuron_cost_l5pc_like.md``).
 """
 
 from __future__ import annotations
@@ -119,7 +124,7 @@ from mfask.benchmarks.tasks.checks import check_fidelity, check_rng, check_theta
 from mfask.errors import InvalidInputError
 from mfask.priors import BoxUniform, Prior
 
-__all__ = ["Branch", "NeuronTask", "SUMMARY_NAMES"]
+__all__ = ["Branch", "L5PC_LIKE_BRANCHES", "NeuronTask", "SUMMARY_NAMES"]
 
 #: names of the summary statistics, in the order of ``x``'s columns
 SUMMARY_NAMES: tuple[str, ...] = (
@@ -165,6 +170,31 @@ class Branch:
 
 _DEFAULT_BRANCHES = (Branch(700.0, 2.5), Branch(250.0, 1.5))
 
+#: A stylised, more L5PC-like dendritic tree: 11 unbranched cylinders attached
+#: to the soma, ``NeuronTask(branches=L5PC_LIKE_BRANCHES)``.
+#:
+#: * an apical trunk, 600 um x 3 um;
+#: * three apical obliques, 200 um x 1 um each;
+#: * two tuft dendrites, 350 um x 1.2 um each;
+#: * five basal dendrites, 200 um x 1 um each.
+#:
+#: This is a stand-in, **not a reconstruction**: the lengths and diameters are
+#: round numbers of the order of a rat layer-5 pyramidal cell's (apical trunk
+#: several hundred um and 2-5 um thick, obliques and basal dendrites 100-300 um
+#: and about 1 um), and, because :class:`NeuronTask` only attaches branches to
+#: the soma, the obliques and the tuft hang from the soma instead of from the
+#: trunk. Its purpose is a cell with several times the default's compartments
+#: (HF 1 + 11 x 8 = 89, LF 1 + 11 = 12, against 17 and 3 for the default), so
+#: that the HF/LF cost ratio is closer to the paper's regime. With the default
+#: stimulus (0.55 nA) about 65-70 % of the prior spikes (200 prior draws:
+#: LF 72 %, HF 66 %); its cost is in ``docs/benchmarks/neuron_cost_l5pc_like.md``.
+L5PC_LIKE_BRANCHES: tuple[Branch, ...] = (
+    Branch(600.0, 3.0),  # apical trunk
+    *(Branch(200.0, 1.0),) * 3,  # apical obliques
+    *(Branch(350.0, 1.2),) * 2,  # tuft
+    *(Branch(200.0, 1.0),) * 5,  # basal dendrites
+)
+
 
 class NeuronTask(Task):
     """Hodgkin-Huxley soma with two dendrites; HF many, LF one compartment per branch.
@@ -186,7 +216,8 @@ class NeuronTask(Task):
             ``chunk_size * t_max / dt * 8`` bytes for the soma trace).
         branches: the dendritic branches, each attached to the soma; the
             default is an apical ``Branch(700, 2.5)`` and a basal
-            ``Branch(250, 1.5)``.
+            ``Branch(250, 1.5)``; :data:`L5PC_LIKE_BRANCHES` is a stylised
+            11-branch pyramidal-cell tree.
 
     ``x`` has shape ``(n, 6)``; see :data:`SUMMARY_NAMES` and the module
     docstring.
