@@ -29,17 +29,30 @@ before. The reported ratio is NPE compute / MF-NPE compute, per seed, with the
 median and range over seeds; a second ratio uses the seed-averaged curves and
 the seed-averaged target.
 
+Break-even analysis (a projection derived from the measured components, not a
+measurement): keeping every run's measured training seconds, its simulation
+counts and the measured LF seconds per simulation, the HF seconds per
+simulation ``c_HF`` is varied and the ratio recomputed with the same target
+and interpolation (:func:`break_even`). The page reports the ratio against
+``c_HF``, the measured ``c_HF`` and the ``c_HF`` at which the ratio reaches 1
+and the paper's 4.44, with a plot.
+
 Usage::
 
-    python benchmarks/neuron_compute.py [--seeds 0 1 2] [--npe-budgets 50 100 200 400 800]
-        [--mf-low 2000] [--mf-budgets 25 50 100 200 400] [--test-pairs 50]
-        [--output docs/benchmarks/neuron_compute.md]
+    python benchmarks/neuron_compute.py [--morphology {default,l5pc-like}] [--seeds 0 1 2]
+        [--npe-budgets 50 100 200 400 800] [--mf-low 2000] [--mf-budgets 25 50 100 200 400]
+        [--test-pairs 50] [--output docs/benchmarks/neuron_compute.md]
+
+``--morphology l5pc-like`` (the cell of ``L5PC_LIKE_BRANCHES``) writes
+``neuron_compute_l5pc_like.{md,json}`` and ``neuron_compute_l5pc_like_*.png``
+unless the output options say otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import math
@@ -57,14 +70,17 @@ sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from neuron_case_study import ComputeLedger, fit_timed, simulate_and_tell  # noqa: E402
-from neuron_cost import measure  # noqa: E402
+from neuron_cost import MORPHOLOGIES, Morphology, measure  # noqa: E402
 from mfask.benchmarks.machine import describe_machine  # noqa: E402
 
 from mfask import MultiFidelityPosterior  # noqa: E402
 from mfask.benchmarks.tasks.neuron import NeuronTask  # noqa: E402
 from mfask.diagnostics import nltp  # noqa: E402
 
-__all__ = ["RunRecord", "run_npe", "run_mfnpe", "cost_simulations", "compute_to_reach", "ratios", "main"]
+__all__ = [
+    "RunRecord", "run_npe", "run_mfnpe", "cost_simulations", "compute_to_reach", "ratios",
+    "BreakEven", "break_even", "main",
+]
 
 PAPER_RATIO = 4.44
 
@@ -262,13 +278,233 @@ def _fmt_ratio(row: dict[str, object]) -> str:
     return f"{row['ratio']:.2f}"
 
 
+#: the ``c_HF`` values (seconds) of the break-even table, besides the measured one
+_TABLE_HF_SECONDS = 10.0 ** np.arange(-3, 2)
+
+
+@dataclass
+class BreakEven:
+    """The NPE / MF-NPE compute ratio as a function of the HF seconds per simulation.
+
+    A projection derived from the measured components, not a measurement:
+    every run keeps its measured training seconds and its simulation counts,
+    LF simulations keep the measured seconds per simulation, and only the HF
+    seconds per simulation ``c_HF`` change; the target and the interpolation
+    are those of :func:`ratios`.
+
+    Attributes:
+        hf_seconds: ``(k,)`` grid of ``c_HF`` (log-spaced).
+        mean_curves: ``(k,)`` ratio on the seed-averaged curves.
+        per_seed: ``(s, k)`` ratio per seed (NaN where MF-NPE misses the target).
+        seeds: the seeds of ``per_seed``'s rows.
+        measured_hf_seconds: the measured ``c_HF``.
+        low_seconds: the measured LF seconds per simulation (held fixed).
+        levels: the ratios whose crossings are reported (1 and the paper's).
+        crossings: per level, the smallest ``c_HF`` on the grid at which the
+            seed-averaged ratio reaches it (interpolated in log ``c_HF``; NaN
+            if it does not within the grid; the grid's first point if already
+            there).
+        seed_crossings: per level, the same per seed.
+        limit: the seed-averaged ratio as ``c_HF`` grows without bound
+            (evaluated at ``c_HF = 1e9`` s, where training and LF simulation
+            are negligible): the ratio of HF simulations needed.
+    """
+
+    hf_seconds: np.ndarray
+    mean_curves: np.ndarray
+    per_seed: np.ndarray
+    seeds: list[int]
+    measured_hf_seconds: float
+    low_seconds: float
+    levels: tuple[float, ...]
+    crossings: dict[float, float]
+    seed_crossings: dict[float, list[float]]
+    limit: float
+
+
+def _ratios_at(
+    records: list[RunRecord], seeds: list[int], per_simulation: dict[str, float]
+) -> list[dict[str, object]]:
+    """:func:`ratios` of copies of ``records`` costed at ``per_simulation``."""
+    recosted = [dataclasses.replace(r) for r in records]
+    cost_simulations(recosted, per_simulation)
+    return ratios(recosted, seeds)
+
+
+def _first_crossing(grid: np.ndarray, values: np.ndarray, level: float) -> float:
+    """Smallest ``grid`` point where ``values`` reaches ``level``, interpolated
+    linearly in ``log(grid)`` from the point before; NaN if never."""
+    reached = np.flatnonzero(values >= level)
+    if reached.size == 0:
+        return math.nan
+    i = int(reached[0])
+    if i == 0:
+        return float(grid[0])
+    v0, v1 = values[i - 1], values[i]
+    fraction = (level - v0) / (v1 - v0) if np.isfinite(v0) else 1.0
+    return float(np.exp(np.log(grid[i - 1]) + fraction * np.log(grid[i] / grid[i - 1])))
+
+
+def break_even(
+    records: list[RunRecord], seeds: list[int], per_simulation: dict[str, float],
+    grid: np.ndarray | None = None, levels: tuple[float, ...] = (1.0, PAPER_RATIO),
+) -> BreakEven:
+    """The ratio against ``c_HF`` from the measured components (see :class:`BreakEven`).
+
+    ``grid`` defaults to 400 log-spaced ``c_HF`` from 0.1 ms to 1000 s; the
+    measured ``c_HF`` and :data:`_TABLE_HF_SECONDS` are always added.
+    """
+    if grid is None:
+        grid = np.logspace(-4, 3, 400)
+    # the measured c_HF and the decades the page's table shows are grid points
+    grid = np.unique(np.concatenate([
+        np.asarray(grid, dtype=np.float64), [per_simulation["high"]], _TABLE_HF_SECONDS,
+    ]))
+    low = per_simulation["low"]
+    table = np.array([
+        [row["ratio"] for row in _ratios_at(records, seeds, {"low": low, "high": float(c)})]
+        for c in grid
+    ])  # (k, s + 1): seeds, then the mean curves
+    limit = _ratios_at(records, seeds, {"low": low, "high": 1e9})[-1]["ratio"]
+    return BreakEven(
+        hf_seconds=grid,
+        mean_curves=table[:, -1],
+        per_seed=table[:, :-1].T,
+        seeds=list(seeds),
+        measured_hf_seconds=per_simulation["high"],
+        low_seconds=low,
+        levels=tuple(levels),
+        crossings={level: _first_crossing(grid, table[:, -1], level) for level in levels},
+        seed_crossings={
+            level: [_first_crossing(grid, table[:, j], level) for j in range(len(seeds))]
+            for level in levels
+        },
+        limit=float(limit),
+    )
+
+
+def plot_break_even(result: BreakEven, path: Path) -> Path:
+    """Draw the ratio against ``c_HF`` (seed-averaged curves bold, seeds thin),
+    the levels and the measured ``c_HF``; save it to ``path``."""
+    from mfask.plot._figure import target_axes
+
+    ax = target_axes(None, (5.6, 3.8))
+    for j, seed in enumerate(result.seeds):
+        ax.plot(result.hf_seconds, result.per_seed[j], color="0.6", linewidth=0.8,
+                label="per seed" if j == 0 else None)
+    ax.plot(result.hf_seconds, result.mean_curves, color="C0", linewidth=1.8,
+            label="seed-averaged curves")
+    for level, style in zip(result.levels, (":", "--")):
+        name = "paper" if level == PAPER_RATIO else "break-even"
+        ax.axhline(level, color="black", linestyle=style, linewidth=1.0,
+                   label=f"ratio {level:g} ({name})")
+        crossing = result.crossings[level]
+        if math.isfinite(crossing):
+            ax.plot([crossing], [level], marker="o", color="C3", markersize=5)
+            ax.annotate(_fmt_seconds(crossing), (crossing, level), textcoords="offset points",
+                        xytext=(4, -12), fontsize="small", color="C3")
+    ax.axvline(result.measured_hf_seconds, color="C2", linewidth=1.2,
+               label=f"measured c_HF = {_fmt_seconds(result.measured_hf_seconds)}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ticks = [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, PAPER_RATIO, 10, 20, 50) if low <= t <= high]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("HF seconds per simulation, c_HF")
+    ax.set_ylabel("NPE / MF-NPE total compute")
+    ax.set_title("Projection from measured components (not a measurement)", fontsize="medium")
+    ax.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ax.figure.savefig(path, dpi=100)
+    return path
+
+
+def _fmt_seconds(seconds: float) -> str:
+    """``seconds`` in ms below one second, else in s."""
+    if math.isnan(seconds):
+        return "n/a"
+    if seconds < 1:
+        return f"{1e3 * seconds:.3g} ms"
+    return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:,.0f} s"
+
+
+def _fmt_factor(value: float) -> str:
+    """A cost factor with 3 significant digits, without exponent notation."""
+    return f"{value:.3g}" if value < 100 else f"{value:,.0f}"
+
+
+def _break_even_section(result: BreakEven, figure: Path | None, max_grid: float) -> str:
+    """The page's break-even section (Markdown)."""
+    def crossing_text(level: float) -> str:
+        c = result.crossings[level]
+        per_seed = result.seed_crossings[level]
+        seeds = ", ".join(
+            "not below " + _fmt_seconds(max_grid) if math.isnan(v) else _fmt_seconds(v)
+            for v in per_seed
+        )
+        if math.isnan(c):
+            head = (f"not reached for c_HF up to {_fmt_seconds(max_grid)} (the ratio tends "
+                    f"to {result.limit:.2f} as c_HF grows)")
+        elif c == result.hf_seconds[0]:
+            head = f"already at c_HF = {_fmt_seconds(c)} or below"
+        else:
+            head = (f"c_HF = {_fmt_seconds(c)}, {_fmt_factor(c / result.measured_hf_seconds)}x the "
+                    f"measured c_HF and {_fmt_factor(c / result.low_seconds)}x the LF cost")
+        return f"* ratio {level:g}: {head}; per seed: {seeds}."
+
+    picks = sorted({result.measured_hf_seconds, *_TABLE_HF_SECONDS})
+    rows = []
+    for c in picks:
+        i = int(np.flatnonzero(result.hf_seconds == c)[0])
+        value = float(result.mean_curves[i])
+        seeds = result.per_seed[:, i]
+        finite = seeds[np.isfinite(seeds)]
+        spread = f"{np.median(finite):.2f} ({finite.min():.2f}-{finite.max():.2f})" if finite.size else "n/a"
+        label = " (measured)" if c == result.measured_hf_seconds else ""
+        rows.append(f"| {_fmt_seconds(c)}{label} | {_fmt_factor(c / result.low_seconds)} | "
+                    f"{value:.2f} | {spread} |")
+    figure_line = (
+        f"\n![NPE / MF-NPE ratio against the HF cost, projected](../figures/case_study/{figure.name})\n"
+        if figure else ""
+    )
+    return f"""## Break-even: how the ratio depends on the HF cost (derived, not measured)
+
+**This is a projection computed from the measured components, not a
+measurement.** Every run keeps its measured training seconds and its
+simulation counts, LF simulations keep the measured
+{_fmt_seconds(result.low_seconds)} per simulation, and only the HF seconds per
+simulation, c_HF, are varied; the target and the interpolation are the same as
+above. It assumes training time does not depend on how expensive the
+simulator is (true: training sees only the simulated data) and that nothing
+else changes (same budgets, same NLTP per run).
+
+Measured c_HF here: {_fmt_seconds(result.measured_hf_seconds)}
+({result.measured_hf_seconds / result.low_seconds:.2f}x LF). The c_HF at which the
+ratio on the seed-averaged curves reaches
+
+{crossing_text(result.levels[0])}
+{chr(10).join(crossing_text(level) for level in result.levels[1:])}
+
+As c_HF grows without bound the ratio tends to {result.limit:.2f} on the seed-averaged
+curves: the ratio of the HF simulations the two methods need, training and LF
+simulation then being negligible.
+
+| c_HF | c_HF / c_LF | ratio, seed-averaged curves | ratio per seed: median (range) |
+|---|---|---|---|
+{chr(10).join(rows)}
+{figure_line}"""
+
+
 def write_markdown(
     path: Path, records: list[RunRecord], ratio_rows: list[dict[str, object]],
     per_simulation: dict[str, float], timing: dict[str, list[float]], args: argparse.Namespace,
     command: str, num_pairs: int, elapsed: float, figure: Path | None,
-    simulation_rows: list[dict[str, object]],
+    simulation_rows: list[dict[str, object]], morphology: Morphology, task: NeuronTask,
+    projection: BreakEven, projection_figure: Path | None,
 ) -> None:
-    """Write the page: budgets table, compute-to-target table, ratio, caveats."""
+    """Write the page: budgets table, compute-to-target table, ratio, caveats,
+    break-even projection."""
     table = []
     for method in ("NPE", "MF-NPE"):
         chosen = [r for r in records if r.method == method]
@@ -311,7 +547,9 @@ def write_markdown(
     figure_line = (
         f"\n![NLTP against HF budget](../figures/case_study/{figure.name})\n" if figure else ""
     )
-    text = f"""# Neuron task: compute NPE and MF-NPE need for the same quality
+    title = "" if morphology.branches is None else f" ({morphology.name} cell)"
+    hf_over_lf = per_simulation["high"] / per_simulation["low"]
+    text = f"""# Neuron task{title}: compute NPE and MF-NPE need for the same quality
 
 Generated by `benchmarks/neuron_compute.py` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC
 (the run took {elapsed / 60:.1f} minutes).
@@ -324,8 +562,9 @@ Command (from the repository root):
 
 ## Setup
 
-* Task: `NeuronTask()` defaults (Hodgkin-Huxley soma with two dendrites; HF 8
-  compartments per branch, LF 1), `theta = (gNa, gK)`, 6 summary statistics.
+* Task: `{morphology.task_code}`, other settings at their defaults: a
+  Hodgkin-Huxley cell, {morphology.description}; HF {task.compartments}
+  compartments per branch, LF 1; `theta = (gNa, gK)`, 6 summary statistics.
 * Methods, both driven through ask/tell exactly as in
   `examples/neuron_case_study.py` (default `FlowConfig` and `TrainingConfig`):
   NPE on HF budgets {args.npe_budgets}; MF-NPE pre-trained on {args.mf_low} LF
@@ -344,7 +583,7 @@ Command (from the repository root):
   the median seconds per simulation from timing runs on batches of 200
   prior draws, taken at the start and at the end of the run
   ({timing_lines} per simulation; used: LF {1e3 * per_simulation['low']:.2f} ms,
-  HF {1e3 * per_simulation['high']:.2f} ms, HF/LF {per_simulation['high'] / per_simulation['low']:.2f}),
+  HF {1e3 * per_simulation['high']:.2f} ms, HF/LF {hf_over_lf:.2f}),
   because the machine is shared and its load changes during the run. The
   in-run simulator seconds are in the table too.
 * Target quality, fixed before looking at the results: per seed, the NLTP
@@ -378,22 +617,19 @@ is {sim_ratio} on the seed-averaged curves (per seed: {sim_per_seed}).
 
 ## Why the numbers differ from the paper's
 
-* Here the HF simulator is cheap and only about {per_simulation['high'] / per_simulation['low']:.1f}x the cost of
-  the LF one in this run's timing (`docs/benchmarks/neuron_cost.md`: 2.2-2.4x
-  at batch 200), whereas the paper's HF L5PC model is far more expensive than
-  its one-compartment LF model. What MF-NPE saves is HF simulations; when an
-  HF simulation costs milliseconds and an LF one about half of that, the
-  {args.mf_low} LF simulations cost as much as
-  {args.mf_low * per_simulation['low'] / per_simulation['high']:.0f} HF simulations (NPE's largest budget:
+* Here an HF simulation costs {1e3 * per_simulation['high']:.1f} ms, {hf_over_lf:.1f}x an LF one, in this
+  run's timing (separate measurement: `docs/benchmarks/neuron_cost{morphology.slug}.md`),
+  whereas the paper's HF L5PC model in NEURON is far more expensive, both
+  against its one-compartment LF model and against training. What MF-NPE
+  saves is HF simulations; here its {args.mf_low} LF simulations cost as much as
+  {args.mf_low / hf_over_lf:.0f} HF simulations (NPE's largest budget:
   {largest} HF).
-* Simulation is only {100 * sim_share:.0f}% of the total compute on average in this run;
-  training dominates. MF-NPE's LF pre-training on {args.mf_low} simulations took
+* Simulation is {100 * sim_share:.0f}% of the total compute on average in this run,
+  training the rest. MF-NPE's LF pre-training on {args.mf_low} simulations took
   {pretrain.min():.0f}-{pretrain.max():.0f} s per seed ({100 * pretrain_share:.0f}% of its training seconds; fine-tuning on
   the HF data is short), against {npe_top.min():.0f}-{npe_top.max():.0f} s for NPE at its largest budget
-  ({largest} HF). So the ratio mostly compares training times. It would grow
-  if an HF simulation cost many LF ones (as in the paper): the HF
-  simulations MF-NPE saves would then outweigh its LF simulations and
-  pre-training.
+  ({largest} HF). The break-even section below shows how the ratio would
+  move if an HF simulation cost more, all else as measured.
 * Training seconds are wall-clock on a shared, busy machine: the same
   training can take two to three times as long when other jobs run, which moves the
   per-seed ratios. Costed simulation seconds average {costed:.1f} s per run
@@ -404,11 +640,12 @@ is {sim_ratio} on the seed-averaged curves (per seed: {sim_per_seed}).
   shared 2-core machine; NLTP over {num_pairs} pairs and {len(args.seeds)} seeds is
   noisy, and the spread of the ratio over seeds shows how much. The compute
   to reach the target is interpolated between the budgets run.
-* The task is a CPU-sized stand-in for the paper's L5PC (soma + 2 dendrites,
-  our own Hodgkin-Huxley code), with 6 summary statistics instead of 4, and
+* The task is a CPU-sized stand-in for the paper's L5PC (the cell above, our
+  own Hodgkin-Huxley code), with 6 summary statistics instead of 4, and
   the quality measure is NLTP on held-out pairs rather than the paper's
   metric against a reference.
 
+{_break_even_section(projection, projection_figure, float(projection.hf_seconds[-1]))}
 ## Machine
 
 ```
@@ -423,6 +660,8 @@ Raw records: `{args.json}`.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--morphology", choices=sorted(MORPHOLOGIES), default="default",
+                        help="the cell (default: NeuronTask()'s two dendrites)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--npe-budgets", type=int, nargs="+", default=[50, 100, 200, 400, 800])
     parser.add_argument("--mf-low", type=int, default=2000)
@@ -430,11 +669,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-pairs", type=int, default=50)
     parser.add_argument("--timing-repeats", type=int, default=3,
                         help="timed batches per fidelity, at the start and at the end")
-    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks/neuron_compute.md"))
-    parser.add_argument("--json", type=Path, default=Path("docs/benchmarks/neuron_compute.json"))
-    parser.add_argument("--figure", type=Path,
-                        default=Path("docs/figures/case_study/neuron_compute_nltp.png"))
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: docs/benchmarks/neuron_compute<_morphology>.md")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="default: docs/benchmarks/neuron_compute<_morphology>.json")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="default: docs/figures/case_study/neuron_compute<_morphology>_nltp.png")
+    parser.add_argument("--break-even-figure", type=Path, default=None,
+                        help="default: docs/figures/case_study/neuron_compute<_morphology>_break_even.png")
     args = parser.parse_args(argv)
+    morphology = MORPHOLOGIES[args.morphology]
+    stem = f"neuron_compute{morphology.slug}"
+    args.output = args.output or Path(f"docs/benchmarks/{stem}.md")
+    args.json = args.json or Path(f"docs/benchmarks/{stem}.json")
+    args.figure = args.figure or Path(f"docs/figures/case_study/{stem}_nltp.png")
+    args.break_even_figure = (
+        args.break_even_figure or Path(f"docs/figures/case_study/{stem}_break_even.png")
+    )
     args.npe_budgets = sorted(args.npe_budgets)
     args.mf_budgets = sorted(args.mf_budgets)
     if min(args.npe_budgets + args.mf_budgets) < 2 or args.mf_low < 2 or args.test_pairs < 1:
@@ -442,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     started = time.perf_counter()
-    task = NeuronTask()
+    task = morphology.task()
 
     timing: dict[str, list[float]] = {"low": [], "high": []}
     def time_simulators(seed: int) -> None:
@@ -463,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio_rows = ratios(records, args.seeds)
     simulation_rows = ratios(records, args.seeds, simulation_only=True)
-    figure = None
+    projection = break_even(records, args.seeds, per_simulation)
+    figure = projection_figure = None
     try:
         from mfask.plot import metric_vs_budget
 
@@ -475,22 +727,38 @@ def main(argv: list[str] | None = None) -> int:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.figure, dpi=100)
         figure = args.figure
+        projection_figure = plot_break_even(projection, args.break_even_figure)
     except ImportError:
         pass
     elapsed = time.perf_counter() - started
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
-        "command": command, "per_simulation_seconds": per_simulation, "timing": timing,
+        "command": command, "morphology": morphology.name, "task": task.settings,
+        "per_simulation_seconds": per_simulation, "timing": timing,
         "records": [{**asdict(r), "total_seconds": r.total_seconds} for r in records],
         "ratios": ratio_rows, "simulation_only_ratios": simulation_rows,
         "elapsed_seconds": elapsed, "test_pairs": int(pairs[0].shape[0]),
+        "break_even_projection": {
+            "note": "derived from the measured components (training seconds, counts, LF "
+                    "seconds per simulation), not measured",
+            "measured_hf_seconds": projection.measured_hf_seconds,
+            "low_seconds": projection.low_seconds,
+            "crossings_mean_curves": {str(k): v for k, v in projection.crossings.items()},
+            "crossings_per_seed": {str(k): v for k, v in projection.seed_crossings.items()},
+            "limit_mean_curves": projection.limit,
+        },
     }, indent=2) + "\n")
     write_markdown(args.output, records, ratio_rows, per_simulation, timing, args, command,
-                   pairs[0].shape[0], elapsed, figure, simulation_rows)
+                   pairs[0].shape[0], elapsed, figure, simulation_rows, morphology, task,
+                   projection, projection_figure)
     for row in ratio_rows:
         print(f"seed {row['seed']}: target {row['target']:.3f}, NPE {row['npe_seconds']:.1f} s "
               f"({row['npe_kind']}), MF-NPE {row['mf_seconds']:.1f} s ({row['mf_kind']}), "
               f"ratio {_fmt_ratio(row)}")
+    print(f"break-even (projected, seed-averaged curves): measured c_HF "
+          f"{_fmt_seconds(projection.measured_hf_seconds)}, ratio 1 at "
+          f"{_fmt_seconds(projection.crossings[1.0])}, {PAPER_RATIO} at "
+          f"{_fmt_seconds(projection.crossings[PAPER_RATIO])}, limit {projection.limit:.2f}")
     print(f"wrote {args.output} in {elapsed / 60:.1f} min")
     return 0
 
