@@ -154,19 +154,16 @@ def matching_budgets(rows: Sequence[dict[str, Any]], task: str, metric: str,
     curve = means(baseline, 0)
     if len(curve) < 2:
         return []
+    cells = summarise(ok)  # the pooled means, as in the tables
+    budgets = sorted(curve)
     results = []
     for low in sorted({int(row["low"]) for row in ok if row["method"] == "mf-npe"}):
         target_runs = means("mf-npe", low).get(high)
         if not target_runs:
             continue
         seeds = sorted(set(target_runs).intersection(*[set(v) for v in curve.values()]))
-        budgets = sorted(curve)
-        pooled = [float(np.mean([row_values for row in ok if row["method"] == baseline
-                                 and int(row["high"]) == h for row_values in row["metrics"][metric]]))
-                  for h in budgets]
-        target = float(np.mean([value for row in ok if row["method"] == "mf-npe"
-                                and int(row["low"]) == low and int(row["high"]) == high
-                                for value in row["metrics"][metric]]))
+        pooled = [cells[(task, metric, _label(baseline, 0), h)].mean for h in budgets]
+        target = cells[(task, metric, _label("mf-npe", low), high)].mean
         per_seed = [matching_budget(budgets, [curve[h][seed] for h in budgets], target_runs[seed])
                     for seed in seeds]
         results.append({"low": low, "target": target, "pooled": matching_budget(budgets, pooled, target),
