@@ -41,6 +41,7 @@ def test_quick_preset_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
         assert len(metrics["nrmse"]) == 1 and math.isfinite(metrics["nrmse"][0])
         assert 0.0 <= metrics["c2st"][0] <= 1.0  # the OU task has a reference
         assert row["inference_seconds"] > 0 and row["peak_rss_mb"] > 0
+        assert 0 < row["inference_cpu_seconds"]
         assert row["method_seconds"] >= row["inference_seconds"]
         runs = row["simulations"]
         assert runs["high"] == 50  # HF runs are exactly the budget, for every method

@@ -184,6 +184,11 @@ def run_job(job: Job, threads: int | None = 1,
     (simulate, train, sample; not scoring); ``method_seconds`` adds the
     recorded cost of a reused pre-training, i.e. what the method costs on its
     own; ``peak_rss_mb`` likewise covers the pre-training's peak.
+    ``inference_cpu_seconds`` is the CPU time of this process over the same
+    span as ``inference_seconds`` (all its threads): unlike the wall clock it
+    does not grow when other processes share the cores, so rows measured
+    under different loads stay comparable. Each job runs alone in its
+    process (or worker), so the reading is the job's own.
     """
     import torch
 
@@ -194,6 +199,7 @@ def run_job(job: Job, threads: int | None = 1,
     if threads is not None:
         torch.set_num_threads(int(threads))
     started = time.perf_counter()
+    started_cpu = time.process_time()
     try:
         task = get_task(job.task)
         theta_true, x_o = task.observations(job.num_observations, seed=job.observation_seed)
@@ -203,6 +209,7 @@ def run_job(job: Job, threads: int | None = 1,
         estimate = method.run(task, x_o, Budget(job.low, job.high), job.seed, job.config, cache=cache)
         samples = estimate.sample(job.num_samples)
         inference_seconds = time.perf_counter() - started
+        inference_cpu_seconds = time.process_time() - started_cpu
         peak = peak_memory_mb(scope)
         method_seconds = inference_seconds
         pretraining = estimate.info.get("pretraining")
@@ -217,6 +224,7 @@ def run_job(job: Job, threads: int | None = 1,
             simulations=estimate.simulations,
             info=estimate.info,
             inference_seconds=inference_seconds,
+            inference_cpu_seconds=inference_cpu_seconds,
             method_seconds=method_seconds,
             scoring_seconds=time.perf_counter() - started - inference_seconds,
             peak_rss_mb=peak,
