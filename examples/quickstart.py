@@ -7,6 +7,10 @@ exact OU process as high fidelity), so the answer can be checked against the
 exact posterior.
 
 Run:  python examples/quickstart.py  [--low 2000] [--high 100] [--seed 0]
+                                     [--parameter-space {unbounded,support}]
+
+``--parameter-space support`` learns the flow on the parameters themselves
+and cuts it to the prior's box by rejection (``docs/parameter_space.md``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ def main() -> None:
     parser.add_argument("--low", type=int, default=2000, help="low-fidelity simulations")
     parser.add_argument("--high", type=int, default=100, help="high-fidelity simulations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parameter-space", choices=["unbounded", "support"], default="unbounded",
+                        help="the space the flow learns in (see docs/parameter_space.md)")
     args = parser.parse_args()
 
     task = OrnsteinUhlenbeck()
@@ -34,7 +40,8 @@ def main() -> None:
 
     started = time.perf_counter()
     posterior = mfask.MultiFidelityPosterior(
-        task.prior, fidelities=["low", "high"], seed=args.seed, verbose=True
+        task.prior, fidelities=["low", "high"], seed=args.seed, verbose=True,
+        parameter_space=args.parameter_space,
     )
 
     # 1. many cheap simulations: tell by value, as from a user's own loop

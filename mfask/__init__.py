@@ -12,6 +12,7 @@ The entry point is :class:`MultiFidelityPosterior`::
 
 from mfask.errors import (
     InvalidInputError,
+    LeakageError,
     MfaskError,
     NotEnoughDataError,
     OutsidePriorError,
@@ -62,6 +63,7 @@ __all__ = [
     "UnmatchedParametersError",
     "OutsidePriorError",
     "NotEnoughDataError",
+    "LeakageError",
     "StateFormatError",
     "StudyLockedError",
 ]

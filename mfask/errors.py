@@ -17,6 +17,7 @@ __all__ = [
     "UnmatchedParametersError",
     "OutsidePriorError",
     "NotEnoughDataError",
+    "LeakageError",
     "StateFormatError",
     "StudyLockedError",
 ]
@@ -67,3 +68,8 @@ class StateFormatError(MfaskError, ValueError):
 class StudyLockedError(MfaskError, TimeoutError):
     """A study stayed locked by another process for longer than the timeout
     (its training lock, or its database while another process wrote)."""
+
+
+class LeakageError(MfaskError, RuntimeError):
+    """A posterior learnt in the ``"support"`` parameter space puts almost no
+    mass inside the prior's support, so rejection sampling cannot draw from it."""

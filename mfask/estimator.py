@@ -161,6 +161,21 @@ class ConditionalFlow(nn.Module):
         z = u * self.z_scale + self.z_shift
         return z.reshape(x.shape[0], num_samples, self.theta_dim)
 
+    def push_forward(self, noise: Tensor, x: Tensor) -> Tensor:
+        """Map given standard-normal base noise through the flow at ``x``.
+
+        ``noise (n, d)`` and ``x (n, *x_shape)`` (paired rows) -> ``z (n, d)``:
+        the sample :meth:`sample` would return had its base draw been
+        ``noise``. Deterministic given its inputs, so fixed noise gives
+        common random numbers across observations and calls.
+        """
+        context = self.embed(x)
+        base = self.flow.q0
+        u = base.loc + torch.exp(base.log_scale) * noise
+        for layer in self.flow.flows:
+            u, _ = layer(u, context=context)
+        return u * self.z_scale + self.z_shift
+
 
 def _spline_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list[nn.Module]:
     """The stack of spline transforms (and linear mixing layers between them)."""

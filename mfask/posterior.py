@@ -39,6 +39,7 @@ from mfask.errors import (
 )
 from mfask.estimator import ConditionalFlow, FlowConfig
 from mfask.fidelity import Fidelity, FidelitySpec, resolve_fidelities
+from mfask.parameter_space import ParameterSpace, ParameterSpaceName
 from mfask.posterior_density import PosteriorDensity
 from mfask.priors import Prior, prior_from_spec
 from mfask.state_file import (
@@ -101,6 +102,8 @@ class _Level:
     trained_on: int = 0  # number of successful results at the last fit
     initialised_from: tuple[int, int] | None = None  # (lower level, its fit_count)
     histories: list[list[TrainingHistory]] = field(default_factory=list)
+    density: PosteriorDensity | None = None  # the posterior of the latest fit (a cache)
+    density_fit: int = -1  # the fit_count ``density`` was built at
 
 
 class MultiFidelityPosterior:
@@ -129,6 +132,11 @@ class MultiFidelityPosterior:
             ticket when every parameter differs by at most
             ``match_tolerance * (scale + |value|)``, ``scale`` being the
             prior's typical scale of that parameter.
+        parameter_space: the space the flows learn in: ``"unbounded"`` (the
+            prior's bijection onto R^d, e.g. logit for a box; never leaks) or
+            ``"support"`` (the parameters themselves, cut to a bounded prior's
+            support by rejection and renormalised, as ``sbi`` does); see
+            :mod:`mfask.parameter_space` and ``docs/parameter_space.md``.
         verbose: print training progress to standard error.
     """
 
@@ -144,6 +152,7 @@ class MultiFidelityPosterior:
         ensemble_size: int = 1,
         transfer_standardization: TransferStandardization = "refit",
         match_tolerance: float = 1e-5,
+        parameter_space: ParameterSpaceName = "unbounded",
         verbose: bool = False,
     ) -> None:
         if not isinstance(prior, Prior):
@@ -174,6 +183,7 @@ class MultiFidelityPosterior:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise InvalidInputError(f"seed must be a non-negative integer or None; got {seed!r}")
 
+        self.space = ParameterSpace(prior, parameter_space)
         self.prior = prior
         self.fidelities, self._used_columns = resolve_fidelities(fidelities, prior)
         self.seed = int(seed)
@@ -662,7 +672,7 @@ class MultiFidelityPosterior:
         """(Re)train the members of ``level``; returns their histories."""
         state = self._levels[level]
         theta, x = self._ledger.successful([level])
-        z = self.prior.to_unbounded(torch.from_numpy(theta)).to(torch.float32)
+        z = self.space.to_flow(torch.from_numpy(theta)).to(torch.float32)
         x32 = torch.from_numpy(x).to(torch.float32)
         lower = self._lower_trained(level)
         lower_key = None if lower is None else (lower, self._levels[lower].fit_count)
@@ -744,7 +754,13 @@ class MultiFidelityPosterior:
                 "successful simulation(s); at least 2 are needed to fit its posterior"
             )
         self.fit(self.fidelity_names[top])
-        return PosteriorDensity(self.prior, self._levels[top].members or [])
+        state = self._levels[top]
+        # one density per fit, so that its per-observation support masses
+        # (``"support"`` space) are estimated once, not on every call
+        if state.density is None or state.density_fit != state.fit_count:
+            state.density = PosteriorDensity(self.prior, state.members or [], self.space)
+            state.density_fit = state.fit_count
+        return state.density
 
     def sample(self, n: int, x: Any, *, fidelity: str | None = None) -> np.ndarray:
         """Draw ``n`` samples ``(n, d)`` from the posterior at one observation ``x``."""
@@ -865,6 +881,7 @@ class MultiFidelityPosterior:
             "ensemble_size": self.ensemble_size,
             "transfer_standardization": self.transfer_standardization,
             "match_tolerance": self.match_tolerance,
+            "parameter_space": self.space.name,
             "has_embedding_net": self._embedding_template is not None,
             "x_shape": None if self._x_shape is None else list(self._x_shape),
             "round": self.round,
@@ -925,6 +942,7 @@ class MultiFidelityPosterior:
                 ensemble_size=int(meta["ensemble_size"]),
                 transfer_standardization=meta["transfer_standardization"],
                 match_tolerance=float(meta["match_tolerance"]),
+                parameter_space=meta.get("parameter_space", "unbounded"),
             )
             obj._x_shape = None if meta["x_shape"] is None else tuple(int(s) for s in meta["x_shape"])
             obj.round = int(meta["round"])

@@ -17,7 +17,7 @@ Example (TOML)::
     max_epochs = 500
 
 Optional top-level keys: ``ensemble_size``, ``transfer_standardization``,
-``match_tolerance``. Unknown keys are errors (a typo must not pass silently).
+``match_tolerance``, ``parameter_space``. Unknown keys are errors (a typo must not pass silently).
 A distribution is any of :func:`mfask.prior_from_spec`'s marginals with its
 torch arguments; ``{low, high}`` without one is uniform.
 """
@@ -41,7 +41,7 @@ __all__ = ["read_spec", "posterior_from_spec"]
 
 _TOP_LEVEL = {
     "seed", "fidelities", "parameters", "flow", "training",
-    "ensemble_size", "transfer_standardization", "match_tolerance",
+    "ensemble_size", "transfer_standardization", "match_tolerance", "parameter_space",
 }
 
 
@@ -93,7 +93,8 @@ def posterior_from_spec(spec: Mapping[str, Any]) -> MultiFidelityPosterior:
     fidelities = [_fidelity(f) for f in spec.get("fidelities", ["high"])] \
         if not isinstance(spec.get("fidelities"), str) else [_fidelity(spec["fidelities"])]
     options: dict[str, Any] = {}
-    for key in ("seed", "ensemble_size", "transfer_standardization", "match_tolerance"):
+    for key in ("seed", "ensemble_size", "transfer_standardization", "match_tolerance",
+                "parameter_space"):
         if key in spec:
             options[key] = spec[key]
     for key, config in (("flow", FlowConfig), ("training", TrainingConfig)):

@@ -21,6 +21,7 @@ from mfask.benchmarks.report import write_report
 from mfask.benchmarks.runner import default_pretraining_cache, plan_jobs, run_benchmark
 from mfask.benchmarks.tasks import TASK_NAMES
 from mfask.estimator import FlowConfig
+from mfask.parameter_space import PARAMETER_SPACES
 from mfask.training import TrainingConfig
 
 __all__ = ["PRESETS", "DEFAULTS", "build_parser", "main"]
@@ -31,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "seeds": [0], "observations": 10, "observation_seed": 0, "num_samples": 1000,
     "output": "results/benchmarks.jsonl", "n_jobs": 1, "threads_per_job": 1,
     "rounds": MethodConfig.num_rounds, "ensemble_size": MethodConfig.ensemble_size,
-    "abc_quantile": MethodConfig.abc_quantile,
+    "abc_quantile": MethodConfig.abc_quantile, "parameter_space": MethodConfig.parameter_space,
     "hidden_features": FlowConfig.hidden_features, "num_transforms": FlowConfig.num_transforms,
     "max_epochs": TrainingConfig.max_epochs, "report_dir": "docs/benchmarks/results",
 }
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rounds", type=int, help="rounds of the sequential methods")
     add("--ensemble-size", type=int, help="acquisition ensemble size (a-mf-tsnpe)")
     add("--abc-quantile", type=float, help="MF-ABC acceptance quantile")
+    add("--parameter-space", choices=PARAMETER_SPACES,
+        help="space the neural methods' flows learn in (default: unbounded)")
     add("--hidden-features", type=int, help="flow width")
     add("--num-transforms", type=int, help="flow depth")
     add("--max-epochs", type=int, help="training epochs cap")
@@ -109,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_rounds=v["rounds"],
         ensemble_size=v["ensemble_size"],
         abc_quantile=v["abc_quantile"],
+        parameter_space=v["parameter_space"],
     )
     jobs = plan_jobs(
         v["task"], v["methods"], v["low"], v["high"], v["seeds"],

@@ -65,6 +65,7 @@ from mfask.benchmarks.tasks.base import Task
 from mfask.errors import InvalidInputError
 from mfask.estimator import FlowConfig
 from mfask.fidelity import Fidelity
+from mfask.parameter_space import PARAMETER_SPACES, ParameterSpaceName
 from mfask.posterior import MultiFidelityPosterior
 from mfask.training import TrainingConfig
 
@@ -129,6 +130,8 @@ class MethodConfig:
             evenly across them).
         ensemble_size: flows in the acquisition ensemble of A-MF-TSNPE.
         abc_quantile: acceptance quantile of MF-ABC for both thresholds.
+        parameter_space: the space the neural methods' flows learn in
+            (``MultiFidelityPosterior(parameter_space=...)``).
     """
 
     flow: FlowConfig = FlowConfig()
@@ -136,10 +139,23 @@ class MethodConfig:
     num_rounds: int = 4
     ensemble_size: int = 5
     abc_quantile: float = 0.1
+    parameter_space: ParameterSpaceName = "unbounded"
+
+    def __post_init__(self) -> None:
+        if self.parameter_space not in PARAMETER_SPACES:
+            raise InvalidInputError(
+                f"parameter_space must be one of {', '.join(PARAMETER_SPACES)}; "
+                f"got {self.parameter_space!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form."""
-        return asdict(self)
+        """JSON-compatible form. Settings added after results were first
+        published appear only when they differ from their default, so the
+        keys of jobs (and pre-trainings) recorded before them stay valid."""
+        values = asdict(self)
+        if values["parameter_space"] == "unbounded":
+            del values["parameter_space"]
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MethodConfig":
@@ -272,6 +288,7 @@ def _new_posterior(task: Task, fidelities: Sequence[str], seed: int, config: Met
         flow=config.flow,
         training=config.training,
         embedding_net=embedding_for(task),
+        parameter_space=config.parameter_space,
         **kwargs,
     )
 
@@ -319,7 +336,9 @@ def pretrained_state(task: Task, low: int, seed: int, config: MethodConfig,
                      cache: PretrainingCache) -> tuple[str, PretrainingRecord]:
     """The saved state of :func:`pretrain_low_fidelities` in ``cache``
     (built there on first use) and its cost record."""
-    settings = {"flow": asdict(config.flow), "training": asdict(config.training)}
+    settings: dict[str, Any] = {"flow": asdict(config.flow), "training": asdict(config.training)}
+    if config.parameter_space != "unbounded":  # absent at the default: earlier keys stay valid
+        settings["parameter_space"] = config.parameter_space
     key = pretraining_key(task.name, task.settings, low, seed, settings)
 
     def build() -> tuple[MultiFidelityPosterior, PretrainingRecord]:

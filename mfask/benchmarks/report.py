@@ -64,6 +64,13 @@ class Cell:
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} ({count})"
 
 
+def _method(row: dict[str, Any]) -> str:
+    """The row's method, with its parameter space when that is not the
+    default (``"npe [support]"``), so variants are never pooled together."""
+    space = row.get("config", {}).get("parameter_space", "unbounded")
+    return row["method"] if space == "unbounded" else f"{row['method']} [{space}]"
+
+
 def _label(method: str, low: int) -> str:
     return f"{method} (LF {low})" if low else method
 
@@ -74,7 +81,7 @@ def _ordered_labels(rows: Iterable[dict[str, Any]]) -> list[str]:
     from mfask.benchmarks.methods import METHODS
 
     order = list(METHODS)
-    pairs = {(row["method"], int(row["low"])) for row in rows if row.get("status") == "ok"}
+    pairs = {(_method(row), int(row["low"])) for row in rows if row.get("status") == "ok"}
     ranked = sorted(pairs, key=lambda p: (order.index(p[0]) if p[0] in order else len(order), p[0], p[1]))
     return [_label(method, low) for method, low in ranked]
 
@@ -95,7 +102,7 @@ def summarise(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, int],
     for row in rows:
         if row.get("status") != "ok":
             continue
-        label = _label(row["method"], row["low"])
+        label = _label(_method(row), row["low"])
         for metric in METRICS:
             values = _values(row, metric)
             if values is not None:
@@ -262,7 +269,7 @@ def plot_task(task: str, rows: Sequence[dict[str, Any]], path: str | os.PathLike
     colours = {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
     panels: dict[str, list[dict[str, Any]]] = {}
     for metric in METRICS:
-        records = [{"method": _label(row["method"], row["low"]), "budget": row["high"], "value": values}
+        records = [{"method": _label(_method(row), row["low"]), "budget": row["high"], "value": values}
                    for row in ok for values in [_values(row, metric)] if values is not None]
         if records:
             records.sort(key=lambda record: labels.index(record["method"]))
