@@ -18,11 +18,10 @@ several observations are ``(m, *x_shape)``. Arrays returned are numpy float64.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
