@@ -43,16 +43,16 @@ from typing import Any
 import numpy as np
 
 from mfask.benchmarks.machine import describe_machine
-from mfask.benchmarks.report import summarise
+from mfask.benchmarks.report import summarise, variant
 from mfask.benchmarks.results import read_rows
 
-Arm = str  # "unbounded", "support" or "sbi"
+Arm = str  # "unbounded", a report.variant tag, or "sbi"
 
 
 def _arm(row: dict[str, Any]) -> Arm:
     if row["method"] == "sbi-npe":
         return "sbi"
-    return row.get("config", {}).get("parameter_space", "unbounded")
+    return variant(row) or "unbounded"
 
 
 def _method(row: dict[str, Any]) -> str:
@@ -90,33 +90,40 @@ def paired(a: dict[int, float], b: dict[int, float]) -> str:
     return f"{diff.mean():+.3f} ± {se:.3f} ({int((diff < 0).sum())} of {len(diff)} lower)"
 
 
+ARMS = ("unbounded", "support", "support, sbi layout")
+
+
+def _cell_label(method: str, low: int, arm: str) -> str:
+    tagged = method if arm == "unbounded" else f"{method} [{arm}]"
+    return f"{tagged} (LF {low})" if low else tagged
+
+
 def tables(rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown lines: one table per task."""
+    """Markdown lines: one table per task, one row per method and HF budget,
+    the arms' metric then the paired differences."""
     means = per_seed_means(rows)
     cells = summarise(rows)
     lines: list[str] = []
     for task in sorted({key[0] for key in means}):
         metric = _metric(rows, task)
-        lines += [f"### {task} ({metric.upper()}, lower is better)", "",
-                  "| method | HF | unbounded | support | support - unbounded (per seed) "
-                  "| unbounded - sbi | support - sbi |",
-                  "|---|---|---|---|---|---|---|"]
         combos = sorted({(k[1], k[2], k[3]) for k in means if k[0] == task})
+        present = [arm for arm in ARMS if any(means.get((task, m, lo, hi, metric, arm)) for m, lo, hi in combos)]
+        variants = [arm for arm in present if arm != "unbounded"]
+        header = (["method", "HF"] + present + [f"{arm} - unbounded" for arm in variants]
+                  + [f"{arm} - sbi" for arm in present])
+        lines += [f"### {task} ({metric.upper()}, lower is better)", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method, low, high in combos:
-            arms = {arm: means.get((task, method, low, high, metric, arm), {})
-                    for arm in ("unbounded", "support", "sbi")}
-            if not arms["support"]:
+            arms = {arm: means.get((task, method, low, high, metric, arm), {}) for arm in (*present, "sbi")}
+            if not any(arms[arm] for arm in variants):
                 continue
-            base = f"{method} (LF {low})" if low else method
-            unbounded = cells.get((task, metric, base, high))
-            support = cells.get((task, metric, f"{method} [support] (LF {low})" if low
-                                 else f"{method} [support]", high))
-            lines.append(
-                f"| {base} | {high} | {unbounded.format() if unbounded else ''} "
-                f"| {support.format() if support else ''} "
-                f"| {paired(arms['support'], arms['unbounded'])} "
-                f"| {paired(arms['unbounded'], arms['sbi'])} | {paired(arms['support'], arms['sbi'])} |"
-            )
+            entries = [_cell_label(method, low, "unbounded"), str(high)]
+            for arm in present:
+                cell = cells.get((task, metric, _cell_label(method, low, arm), high))
+                entries.append(cell.format() if cell else "")
+            entries += [paired(arms[arm], arms["unbounded"]) for arm in variants]
+            entries += [paired(arms[arm], arms["sbi"]) for arm in present]
+            lines.append("| " + " | ".join(entries) + " |")
         lines.append("")
     return lines
 

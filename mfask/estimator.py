@@ -21,6 +21,7 @@ Shapes: ``z`` is ``(n, d)``, ``x`` is ``(n, *x_shape)``; computations are float3
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import normflows
 import torch
@@ -29,7 +30,11 @@ from torch import Tensor, nn
 from mfask.errors import InvalidInputError
 from mfask.lean_log_prob import LeanLogProb
 
-__all__ = ["FlowConfig", "ConditionalFlow"]
+__all__ = ["FlowConfig", "FlowLayout", "FLOW_LAYOUTS", "ConditionalFlow"]
+
+FlowLayout = Literal["mfask", "sbi"]
+#: the layouts :class:`FlowConfig` accepts
+FLOW_LAYOUTS: tuple[str, ...] = ("mfask", "sbi")
 
 # A standard deviation below this is treated as constant data (e.g. a dummy
 # summary statistic), and the feature is only shifted, not scaled.
@@ -47,6 +52,12 @@ class FlowConfig:
         num_blocks: residual blocks per conditioner.
         tail_bound: the spline acts on [-tail_bound, tail_bound]; linear tails
             outside (inputs are standardised, so 3 covers most mass).
+        layout: how the ``d >= 2`` stack is put together. ``"mfask"``: each
+            coupling also applies an unconditional spline to the features it
+            passes through, with an LU layer and a fixed random permutation
+            between couplings. ``"sbi"``: the layout of ``sbi``'s NSF, no
+            unconditional splines and an LU layer after every coupling (no
+            permutation). Measured in ``docs/benchmarks/parameter_space.md``.
     """
 
     hidden_features: int = 50
@@ -54,6 +65,7 @@ class FlowConfig:
     num_bins: int = 10
     num_blocks: int = 2
     tail_bound: float = 3.0
+    layout: FlowLayout = "mfask"
 
     def __post_init__(self) -> None:
         for name in ("hidden_features", "num_transforms", "num_bins", "num_blocks"):
@@ -62,10 +74,19 @@ class FlowConfig:
                 raise InvalidInputError(f"{name} must be a positive integer; got {value!r}")
         if not self.tail_bound > 0:
             raise InvalidInputError(f"tail_bound must be positive; got {self.tail_bound!r}")
+        if self.layout not in FLOW_LAYOUTS:
+            raise InvalidInputError(
+                f"layout must be one of {', '.join(map(repr, FLOW_LAYOUTS))}; got {self.layout!r}"
+            )
 
-    def to_dict(self) -> dict[str, float]:
-        """JSON-compatible form."""
-        return asdict(self)
+    def to_dict(self) -> dict[str, float | str]:
+        """JSON-compatible form. ``layout`` appears only when it is not
+        ``"mfask"``: it was added after results and benchmark keys built from
+        this form existed, and those must keep naming the same settings."""
+        values = asdict(self)
+        if values["layout"] == "mfask":
+            del values["layout"]
+        return values
 
 
 class ConditionalFlow(nn.Module):
@@ -178,7 +199,10 @@ class ConditionalFlow(nn.Module):
 
 
 def _spline_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list[nn.Module]:
-    """The stack of spline transforms (and linear mixing layers between them)."""
+    """The stack of spline transforms (and linear mixing layers between them),
+    in normflows' sampling order (base to data)."""
+    if theta_dim >= 2 and config.layout == "sbi":
+        return _sbi_layers(theta_dim, context_dim, config)
     layers: list[nn.Module] = []
     for index in range(config.num_transforms):
         if theta_dim == 1:
@@ -208,3 +232,23 @@ def _spline_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list
             layers.append(normflows.flows.LULinearPermute(theta_dim))
     return layers
 
+
+def _sbi_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list[nn.Module]:
+    """The ``"sbi"`` layout: in the density direction, coupling ``i`` (mask
+    alternating, no unconditional spline) then an LU layer, for every ``i``."""
+    layers: list[nn.Module] = []
+    for index in reversed(range(config.num_transforms)):
+        mixing = normflows.flows.LULinearPermute(theta_dim)
+        mixing.permutation._permutation = torch.arange(theta_dim)  # LU only, as sbi
+        coupling = normflows.flows.CoupledRationalQuadraticSpline(
+            theta_dim,
+            config.num_blocks,
+            config.hidden_features,
+            num_context_channels=context_dim,
+            num_bins=config.num_bins,
+            tail_bound=config.tail_bound,
+            reverse_mask=index % 2 == 0,
+        )
+        coupling.prqct.unconditional_transform = None
+        layers += [mixing, coupling]
+    return layers

@@ -145,6 +145,7 @@ class _Coupling:
 
     layer: normflows.flows.CoupledRationalQuadraticSpline
     identity: Tensor  # (n_id,) feature indices passed to the conditioner
+    transform: Tensor  # (n_tr,) feature indices the conditional spline transforms
     order: Tensor  # (d,) transformed features, then identity features
     restore: Tensor  # (d,) inverse of ``order``
     divisor: Tensor  # (3K - 1,) float64; scales the conditioner's width/height logits
@@ -154,8 +155,17 @@ class _Coupling:
         rows = u.shape[0]
         conditional = coupling.transform_net(u.index_select(1, self.identity), context)
         conditional = conditional.view(rows, -1, self.divisor.shape[0]) / self.divisor.to(u.dtype)
-        parameters = [conditional]
         spline = coupling.unconditional_transform
+        if spline is None:  # the pass-through features stay as they are
+            outputs, logabsdet = rational_quadratic_spline(
+                u.index_select(1, self.transform),
+                conditional,
+                tail_bound=coupling.tail_bound,
+                min_bin_size=coupling.min_bin_width,
+                min_derivative=coupling.min_derivative,
+            )
+            return u.index_copy(1, self.transform, outputs), logabsdet.sum(dim=1)
+        parameters = [conditional]
         if spline is not None:
             unconditional = torch.cat(
                 (spline.unnormalized_widths, spline.unnormalized_heights,
@@ -267,6 +277,7 @@ def _coupling_step(layer: normflows.flows.CoupledRationalQuadraticSpline) -> _Co
     return _Coupling(
         layer=layer,
         identity=coupling.identity_features.clone(),
+        transform=coupling.transform_features.clone(),
         order=order,
         restore=torch.argsort(order),
         divisor=divisor,

@@ -38,9 +38,12 @@ def gradients(value: torch.Tensor, flow: ConditionalFlow) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("dim", [2, 3, 5])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_matches_normflows_in_float64(dim: int, mode: str) -> None:
-    """Same mathematics: in float64 the two agree to rounding, values and gradients."""
-    flow = perturbed_flow(dim, 4, scale=0.1, dtype=torch.float64)
+@pytest.mark.parametrize("layout", ["mfask", "sbi"])
+def test_matches_normflows_in_float64(dim: int, mode: str, layout: str) -> None:
+    """Same mathematics: in float64 the two agree to rounding, values and
+    gradients, for both layouts (``"sbi"``: couplings without unconditional
+    splines, an LU after each)."""
+    flow = perturbed_flow(dim, 4, scale=0.1, dtype=torch.float64, config=FlowConfig(layout=layout))
     getattr(flow, mode)()
     lean = LeanLogProb.for_flow(flow.flow)
     assert lean is not None
@@ -127,3 +130,21 @@ def test_reads_current_weights_after_loading() -> None:
     z, x = torch.randn(20, 2), torch.randn(20, 3)
     target.load_state_dict(source.state_dict())
     torch.testing.assert_close(target.log_prob(z, x), source.log_prob(z, x))
+
+
+def test_sbi_layout_is_sbis_stack() -> None:
+    """Density direction: coupling, LU (identity permutation), repeated; no
+    unconditional spline; masks alternate."""
+    import normflows
+
+    flow = ConditionalFlow(3, (2,), FlowConfig(num_transforms=3, layout="sbi"))
+    density_order = list(reversed(flow.flow.flows))
+    kinds = [type(layer) for layer in density_order]
+    assert kinds == [normflows.flows.CoupledRationalQuadraticSpline, normflows.flows.LULinearPermute] * 3
+    couplings = density_order[0::2]
+    assert all(c.prqct.unconditional_transform is None for c in couplings)
+    assert all(torch.equal(lu.permutation._permutation, torch.arange(3)) for lu in density_order[1::2])
+    masks = [c.prqct.identity_features.tolist() for c in couplings]
+    assert masks[0] != masks[1] and masks[0] == masks[2]
+    with pytest.raises(Exception, match="layout"):
+        FlowConfig(layout="nflows")

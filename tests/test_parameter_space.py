@@ -251,3 +251,24 @@ def test_support_space_npe_matches_a_posterior_cut_by_the_box():
     log_mass = float(post.posterior().log_support_mass(torch.as_tensor(x_o[None]))[0, 0])
     print(f"C2ST {score:.3f}, mean(log q - log p) {gap:+.3f}, log P(box) {log_mass:+.3f}")
     assert -0.15 <= gap <= 0.05, (gap, log_mass)
+
+
+def test_new_settings_leave_the_keys_of_earlier_benchmark_jobs_unchanged():
+    """A job's key hashes its settings; settings added later (the parameter
+    space, the flow layout) enter it only when they differ from the value
+    the earlier results used, so recorded results stay found on resume."""
+    from mfask.benchmarks.methods import MethodConfig
+    from mfask.benchmarks.runner import Job
+
+    default = MethodConfig().to_dict()
+    assert "parameter_space" not in default and "layout" not in default["flow"]
+    variant = MethodConfig(flow=FlowConfig(layout="sbi"), parameter_space="support")
+    assert variant.to_dict()["parameter_space"] == "support"
+    assert variant.to_dict()["flow"]["layout"] == "sbi"
+    assert MethodConfig.from_dict(variant.to_dict()) == variant
+    assert MethodConfig.from_dict(default) == MethodConfig()
+    keys = {Job("ou", "npe", 0, 50, 0, config=config).key
+            for config in (MethodConfig(), variant, MethodConfig(parameter_space="support"))}
+    assert len(keys) == 3
+    with pytest.raises(InvalidInputError, match="parameter_space"):
+        MethodConfig(parameter_space="box")

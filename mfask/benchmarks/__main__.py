@@ -20,7 +20,7 @@ from mfask.benchmarks.methods import METHODS, MethodConfig
 from mfask.benchmarks.report import write_report
 from mfask.benchmarks.runner import default_pretraining_cache, plan_jobs, run_benchmark
 from mfask.benchmarks.tasks import TASK_NAMES
-from mfask.estimator import FlowConfig
+from mfask.estimator import FLOW_LAYOUTS, FlowConfig
 from mfask.parameter_space import PARAMETER_SPACES
 from mfask.training import TrainingConfig
 
@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "output": "results/benchmarks.jsonl", "n_jobs": 1, "threads_per_job": 1,
     "rounds": MethodConfig.num_rounds, "ensemble_size": MethodConfig.ensemble_size,
     "abc_quantile": MethodConfig.abc_quantile, "parameter_space": MethodConfig.parameter_space,
-    "hidden_features": FlowConfig.hidden_features, "num_transforms": FlowConfig.num_transforms,
+    "flow_layout": FlowConfig.layout, "hidden_features": FlowConfig.hidden_features, "num_transforms": FlowConfig.num_transforms,
     "max_epochs": TrainingConfig.max_epochs, "report_dir": "docs/benchmarks/results",
 }
 
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--abc-quantile", type=float, help="MF-ABC acceptance quantile")
     add("--parameter-space", choices=PARAMETER_SPACES,
         help="space the neural methods' flows learn in (default: unbounded)")
+    add("--flow-layout", choices=FLOW_LAYOUTS, help="layout of the flow's stack (default: mfask)")
     add("--hidden-features", type=int, help="flow width")
     add("--num-transforms", type=int, help="flow depth")
     add("--max-epochs", type=int, help="training epochs cap")
@@ -107,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     v = resolve(args)
     config = MethodConfig(
-        flow=FlowConfig(hidden_features=v["hidden_features"], num_transforms=v["num_transforms"]),
+        flow=FlowConfig(hidden_features=v["hidden_features"], num_transforms=v["num_transforms"],
+                        layout=v["flow_layout"]),
         training=TrainingConfig(max_epochs=v["max_epochs"]),
         num_rounds=v["rounds"],
         ensemble_size=v["ensemble_size"],

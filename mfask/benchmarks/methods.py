@@ -153,6 +153,7 @@ class MethodConfig:
         published appear only when they differ from their default, so the
         keys of jobs (and pre-trainings) recorded before them stay valid."""
         values = asdict(self)
+        values["flow"] = self.flow.to_dict()
         if values["parameter_space"] == "unbounded":
             del values["parameter_space"]
         return values
@@ -336,7 +337,7 @@ def pretrained_state(task: Task, low: int, seed: int, config: MethodConfig,
                      cache: PretrainingCache) -> tuple[str, PretrainingRecord]:
     """The saved state of :func:`pretrain_low_fidelities` in ``cache``
     (built there on first use) and its cost record."""
-    settings: dict[str, Any] = {"flow": asdict(config.flow), "training": asdict(config.training)}
+    settings: dict[str, Any] = {"flow": config.flow.to_dict(), "training": asdict(config.training)}
     if config.parameter_space != "unbounded":  # absent at the default: earlier keys stay valid
         settings["parameter_space"] = config.parameter_space
     key = pretraining_key(task.name, task.settings, low, seed, settings)

@@ -64,11 +64,23 @@ class Cell:
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} ({count})"
 
 
+def variant(row: dict[str, Any]) -> str:
+    """The row's non-default flow settings as a short tag: ``""`` (defaults),
+    ``"support"``, ``"sbi layout"`` or ``"support, sbi layout"``."""
+    config = row.get("config", {})
+    parts = []
+    if config.get("parameter_space", "unbounded") != "unbounded":
+        parts.append(config["parameter_space"])
+    if config.get("flow", {}).get("layout", "mfask") != "mfask":
+        parts.append(f"{config['flow']['layout']} layout")
+    return ", ".join(parts)
+
+
 def _method(row: dict[str, Any]) -> str:
-    """The row's method, with its parameter space when that is not the
+    """The row's method, tagged with its :func:`variant` when that is not the
     default (``"npe [support]"``), so variants are never pooled together."""
-    space = row.get("config", {}).get("parameter_space", "unbounded")
-    return row["method"] if space == "unbounded" else f"{row['method']} [{space}]"
+    tag = variant(row)
+    return f"{row['method']} [{tag}]" if tag else row["method"]
 
 
 def _label(method: str, low: int) -> str:
