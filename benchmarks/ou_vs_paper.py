@@ -59,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="+", help="results file(s) of the OU runs")
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks/ou_vs_paper.md"))
+    parser.add_argument("--num-observations", type=int,
+                        help="only rows of jobs scored on this many observations")
     args = parser.parse_args(argv)
-    rows = [row for row in read_rows(args.results) if row.get("task") == "ou"]
+    rows = [row for row in read_rows(args.results) if row.get("task") == "ou"
+            and (args.num_observations is None or row.get("num_observations") == args.num_observations)]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/ou_vs_paper.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     page = [

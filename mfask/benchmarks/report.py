@@ -322,10 +322,14 @@ def write_report(
     report_dir: str | os.PathLike[str],
     *,
     plot: bool = True,
+    num_observations: int | None = None,
 ) -> list[Path]:
     """Write ``<task>.md`` (and ``<task>.png``) for every task in the results
-    file(s) into ``report_dir``; returns the paths written."""
-    rows = read_rows(results)
+    file(s) into ``report_dir``; returns the paths written.
+    ``num_observations``: use only the rows of jobs scored on that many
+    observations (so runs of different sizes are not pooled)."""
+    rows = [row for row in read_rows(results)
+            if num_observations is None or row.get("num_observations") == num_observations]
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -346,8 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("results", nargs="+", help="results file(s) (JSON Lines)")
     parser.add_argument("--report-dir", default="docs/benchmarks/results", help="where to write")
     parser.add_argument("--no-plot", action="store_true", help="tables only")
+    parser.add_argument("--num-observations", type=int,
+                        help="only rows of jobs scored on this many observations")
     args = parser.parse_args(argv)
-    for path in write_report(args.results, args.report_dir, plot=not args.no_plot):
+    for path in write_report(args.results, args.report_dir, plot=not args.no_plot,
+                             num_observations=args.num_observations):
         print(path)
     return 0
 
