@@ -217,17 +217,7 @@ def _spline_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list
                 )
             )
             continue
-        layers.append(
-            normflows.flows.CoupledRationalQuadraticSpline(
-                theta_dim,
-                config.num_blocks,
-                config.hidden_features,
-                num_context_channels=context_dim,
-                num_bins=config.num_bins,
-                tail_bound=config.tail_bound,
-                reverse_mask=index % 2 == 1,
-            )
-        )
+        layers.append(_coupling(theta_dim, context_dim, config, reverse_mask=index % 2 == 1))
         if index < config.num_transforms - 1:
             layers.append(normflows.flows.LULinearPermute(theta_dim))
     return layers
@@ -240,15 +230,21 @@ def _sbi_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list[nn
     for index in reversed(range(config.num_transforms)):
         mixing = normflows.flows.LULinearPermute(theta_dim)
         mixing.permutation._permutation = torch.arange(theta_dim)  # LU only, as sbi
-        coupling = normflows.flows.CoupledRationalQuadraticSpline(
-            theta_dim,
-            config.num_blocks,
-            config.hidden_features,
-            num_context_channels=context_dim,
-            num_bins=config.num_bins,
-            tail_bound=config.tail_bound,
-            reverse_mask=index % 2 == 0,
-        )
+        coupling = _coupling(theta_dim, context_dim, config, reverse_mask=index % 2 == 0)
         coupling.prqct.unconditional_transform = None
         layers += [mixing, coupling]
     return layers
+
+
+def _coupling(theta_dim: int, context_dim: int, config: FlowConfig,
+              reverse_mask: bool) -> normflows.flows.CoupledRationalQuadraticSpline:
+    """One conditional rational-quadratic coupling of the configured size."""
+    return normflows.flows.CoupledRationalQuadraticSpline(
+        theta_dim,
+        config.num_blocks,
+        config.hidden_features,
+        num_context_channels=context_dim,
+        num_bins=config.num_bins,
+        tail_bound=config.tail_bound,
+        reverse_mask=reverse_mask,
+    )

@@ -156,31 +156,22 @@ class _Coupling:
         conditional = coupling.transform_net(u.index_select(1, self.identity), context)
         conditional = conditional.view(rows, -1, self.divisor.shape[0]) / self.divisor.to(u.dtype)
         spline = coupling.unconditional_transform
+
+        def transform(values: Tensor, parameters: Tensor) -> tuple[Tensor, Tensor]:
+            return rational_quadratic_spline(
+                values, parameters, tail_bound=coupling.tail_bound,
+                min_bin_size=coupling.min_bin_width, min_derivative=coupling.min_derivative,
+            )
+
         if spline is None:  # the pass-through features stay as they are
-            outputs, logabsdet = rational_quadratic_spline(
-                u.index_select(1, self.transform),
-                conditional,
-                tail_bound=coupling.tail_bound,
-                min_bin_size=coupling.min_bin_width,
-                min_derivative=coupling.min_derivative,
-            )
+            outputs, logabsdet = transform(u.index_select(1, self.transform), conditional)
             return u.index_copy(1, self.transform, outputs), logabsdet.sum(dim=1)
-        parameters = [conditional]
-        if spline is not None:
-            unconditional = torch.cat(
-                (spline.unnormalized_widths, spline.unnormalized_heights,
-                 spline.unnormalized_derivatives),
-                dim=-1,
-            )
-            parameters.append(unconditional.expand(rows, -1, -1))
-        parameters = torch.cat(parameters, dim=1) if len(parameters) > 1 else conditional
-        outputs, logabsdet = rational_quadratic_spline(
-            u.index_select(1, self.order),
-            parameters,
-            tail_bound=coupling.tail_bound,
-            min_bin_size=coupling.min_bin_width,
-            min_derivative=coupling.min_derivative,
+        unconditional = torch.cat(
+            (spline.unnormalized_widths, spline.unnormalized_heights, spline.unnormalized_derivatives),
+            dim=-1,
         )
+        parameters = torch.cat((conditional, unconditional.expand(rows, -1, -1)), dim=1)
+        outputs, logabsdet = transform(u.index_select(1, self.order), parameters)
         return outputs.index_select(1, self.restore), logabsdet.sum(dim=1)
 
 
