@@ -68,10 +68,11 @@ def per_seed_means(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int, int,
     """``(task, method, low, high, metric, arm) -> {seed: mean over observations}``
     for successful 10-observation rows of ``npe`` / ``mf-npe`` / ``sbi-npe``."""
     means: dict[tuple[str, str, int, int, str, str], dict[int, float]] = defaultdict(dict)
+    metrics = {task: _metric(rows, task) for task in {row["task"] for row in rows}}
     for row in rows:
         if row.get("status") != "ok" or row["method"] not in ("npe", "mf-npe", "sbi-npe"):
             continue
-        metric = _metric(rows, row["task"])
+        metric = metrics[row["task"]]
         values = row["metrics"].get(metric)
         if values is None:
             continue

@@ -337,9 +337,9 @@ def pretrained_state(task: Task, low: int, seed: int, config: MethodConfig,
                      cache: PretrainingCache) -> tuple[str, PretrainingRecord]:
     """The saved state of :func:`pretrain_low_fidelities` in ``cache``
     (built there on first use) and its cost record."""
-    settings: dict[str, Any] = {"flow": config.flow.to_dict(), "training": asdict(config.training)}
-    if config.parameter_space != "unbounded":  # absent at the default: earlier keys stay valid
-        settings["parameter_space"] = config.parameter_space
+    # the settings pre-training depends on, in MethodConfig's key-stable form
+    settings = {name: value for name, value in config.to_dict().items()
+                if name in ("flow", "training", "parameter_space")}
     key = pretraining_key(task.name, task.settings, low, seed, settings)
 
     def build() -> tuple[MultiFidelityPosterior, PretrainingRecord]:
