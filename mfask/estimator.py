@@ -20,6 +20,7 @@ Shapes: ``z`` is ``(n, d)``, ``x`` is ``(n, *x_shape)``; computations are float3
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -66,6 +67,7 @@ class FlowConfig:
     num_blocks: int = 2
     tail_bound: float = 3.0
     layout: FlowLayout = "mfask"
+    conditional_standardization: bool = False
 
     def __post_init__(self) -> None:
         for name in ("hidden_features", "num_transforms", "num_bins", "num_blocks"):
@@ -79,14 +81,27 @@ class FlowConfig:
                 f"layout must be one of {', '.join(map(repr, FLOW_LAYOUTS))}; got {self.layout!r}"
             )
 
-    def to_dict(self) -> dict[str, float | str]:
-        """JSON-compatible form. ``layout`` appears only when it is not
-        ``"mfask"``: it was added after results and benchmark keys built from
-        this form existed, and those must keep naming the same settings."""
+    def to_dict(self) -> dict[str, float | str | bool]:
+        """JSON-compatible form. Fields added after results, saved states and
+        benchmark keys built from this form existed appear only when they
+        differ from the behaviour before them (``layout="mfask"``,
+        ``conditional_standardization=False``), so those keep naming the same
+        settings; :meth:`from_dict` reads an absent field as that behaviour."""
         values = asdict(self)
-        if values["layout"] == "mfask":
-            del values["layout"]
+        for name, legacy in _LEGACY_VALUES.items():
+            if values[name] == legacy:
+                del values[name]
         return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> "FlowConfig":
+        """Inverse of :meth:`to_dict` (absent later fields take their legacy value)."""
+        return cls(**{**_LEGACY_VALUES, **values})  # type: ignore[arg-type]
+
+
+# Fields of FlowConfig added after its dict form was first stored, with the
+# value that reproduces the behaviour of files and keys written before them.
+_LEGACY_VALUES: dict[str, object] = {"layout": "mfask", "conditional_standardization": False}
 
 
 class ConditionalFlow(nn.Module):
@@ -115,6 +130,8 @@ class ConditionalFlow(nn.Module):
         context_dim = self._context_dim()
         self.register_buffer("z_shift", torch.zeros(self.theta_dim))
         self.register_buffer("z_scale", torch.ones(self.theta_dim))
+        if config.conditional_standardization:
+            self.register_buffer("z_slope", torch.zeros(self.theta_dim, math.prod(self.x_shape)))
         self.register_buffer("x_shift", torch.zeros(self.x_shape))
         self.register_buffer("x_scale", torch.ones(self.x_shape))
         self.flow = normflows.ConditionalNormalizingFlow(
@@ -140,16 +157,38 @@ class ConditionalFlow(nn.Module):
     def set_standardization(self, z: Tensor, x: Tensor) -> None:
         """Set the affine standardisation from training data.
 
+        ``x`` is standardised elementwise. ``z`` is centred and scaled by its
+        marginal statistics or, with ``FlowConfig(conditional_standardization=True)``,
+        by a linear regression on the standardised ``x``: the shift becomes
+        ``mean(z) + (x_std - 0) @ slope.T`` and the scale the residual standard
+        deviation (see :func:`linear_conditional_standardization`).
+
         Arguments:
             z: ``(n, d)`` parameters in unbounded space.
             x: ``(n, *x_shape)`` conditioning inputs.
         """
-        z_std = z.std(dim=0) if z.shape[0] > 1 else torch.ones(self.theta_dim)
         x_std = x.std(dim=0) if x.shape[0] > 1 else torch.ones(self.x_shape)
-        self.z_shift.copy_(z.mean(dim=0))
-        self.z_scale.copy_(torch.where(z_std > _MIN_STD, z_std, torch.ones_like(z_std)))
         self.x_shift.copy_(x.mean(dim=0))
         self.x_scale.copy_(torch.where(x_std > _MIN_STD, x_std, torch.ones_like(x_std)))
+        if self.config.conditional_standardization:
+            features = self._standardized_features(x)
+            shift, slope, scale = linear_conditional_standardization(z, features)
+            self.z_slope.copy_(slope)
+        else:
+            shift = z.mean(dim=0)
+            scale = z.std(dim=0) if z.shape[0] > 1 else torch.ones(self.theta_dim)
+        self.z_shift.copy_(shift)
+        self.z_scale.copy_(torch.where(scale > _MIN_STD, scale, torch.ones_like(scale)))
+
+    def _standardized_features(self, x: Tensor) -> Tensor:
+        """``x (n, *x_shape)`` standardised and flattened to ``(n, prod(x_shape))``."""
+        return ((x - self.x_shift) / self.x_scale).reshape(x.shape[0], -1)
+
+    def _z_location(self, x: Tensor) -> Tensor:
+        """The standardisation's shift for each row: ``x (n, *x_shape)`` -> ``(n, d)``."""
+        if not self.config.conditional_standardization:
+            return self.z_shift.expand(x.shape[0], -1)
+        return self.z_shift + self._standardized_features(x) @ self.z_slope.T
 
     def embed(self, x: Tensor) -> Tensor:
         """Standardise and embed ``x`` ``(n, *x_shape)`` to context ``(n, k)``."""
@@ -159,11 +198,7 @@ class ConditionalFlow(nn.Module):
     def log_prob(self, z: Tensor, x: Tensor) -> Tensor:
         """``log q(z | x)`` for paired rows: ``z (n, d)``, ``x (n, *x_shape)`` -> ``(n,)``."""
         context = self.embed(x)
-        return self.log_prob_with_context(z, context)
-
-    def log_prob_with_context(self, z: Tensor, context: Tensor) -> Tensor:
-        """``log q(z | x)`` from an already embedded context ``(n, k)``."""
-        u = (z - self.z_shift) / self.z_scale
+        u = (z - self._z_location(x)) / self.z_scale
         if self._lean_log_prob is not None:
             log_q = self._lean_log_prob(u, context)
         else:
@@ -179,7 +214,8 @@ class ConditionalFlow(nn.Module):
         context = self.embed(x)
         repeated = context.repeat_interleave(num_samples, dim=0)
         u, _ = self.flow.sample(repeated.shape[0], context=repeated)
-        z = u * self.z_scale + self.z_shift
+        location = self._z_location(x).repeat_interleave(num_samples, dim=0)
+        z = u * self.z_scale + location
         return z.reshape(x.shape[0], num_samples, self.theta_dim)
 
     def push_forward(self, noise: Tensor, x: Tensor) -> Tensor:
@@ -195,7 +231,40 @@ class ConditionalFlow(nn.Module):
         u = base.loc + torch.exp(base.log_scale) * noise
         for layer in self.flow.flows:
             u, _ = layer(u, context=context)
-        return u * self.z_scale + self.z_shift
+        return u * self.z_scale + self._z_location(x)
+
+
+def linear_conditional_standardization(z: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Least-squares fit ``z ~ shift + features @ slope.T`` and the residual spread.
+
+    Arguments:
+        z: ``(n, d)`` parameters.
+        features: ``(n, p)`` standardised conditioning features.
+
+    Returns:
+        ``shift (d,)``, ``slope (d, p)`` and ``scale (d,)``, the residual
+        standard deviation with ``p + 1`` degrees of freedom removed. When
+        ``n < 2 (p + 1)`` the fit is not attempted (``slope`` is zero and the
+        marginal statistics are returned): a regression with that few rows per
+        coefficient overfits and would understate the scale.
+    """
+    num_rows, num_features = features.shape
+    shift = z.mean(dim=0)
+    slope = torch.zeros(z.shape[1], num_features, dtype=z.dtype)
+    if num_rows < 2 * (num_features + 1):
+        scale = z.std(dim=0) if num_rows > 1 else torch.ones(z.shape[1], dtype=z.dtype)
+        return shift, slope, scale
+    design = features.to(torch.float64) - features.to(torch.float64).mean(dim=0)
+    centred = z.to(torch.float64) - shift.to(torch.float64)
+    gram = design.T @ design
+    ridge = 1e-6 * torch.trace(gram) / num_features + 1e-12
+    solution = torch.linalg.solve(gram + ridge * torch.eye(num_features, dtype=torch.float64),
+                                  design.T @ centred)  # (p, d)
+    residual = centred - design @ solution
+    variance = (residual**2).sum(dim=0) / (num_rows - num_features - 1)
+    slope = solution.T.to(z.dtype)
+    # the shift is applied to features centred at zero (x is standardised on the same rows)
+    return shift, slope, variance.sqrt().to(z.dtype)
 
 
 def _spline_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list[nn.Module]:
@@ -248,3 +317,4 @@ def _coupling(theta_dim: int, context_dim: int, config: FlowConfig,
         tail_bound=config.tail_bound,
         reverse_mask=reverse_mask,
     )
+

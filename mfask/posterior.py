@@ -935,7 +935,7 @@ class MultiFidelityPosterior:
                 prior,
                 fidelities,
                 seed=int(meta["seed"]),
-                flow=FlowConfig(**meta["flow"]),
+                flow=FlowConfig.from_dict(meta["flow"]),
                 training=TrainingConfig(**meta["training"]),
                 embedding_net=embedding_net if meta["has_embedding_net"] else None,
                 ensemble_size=int(meta["ensemble_size"]),

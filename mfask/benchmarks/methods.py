@@ -162,7 +162,7 @@ class MethodConfig:
     def from_dict(cls, data: dict[str, Any]) -> "MethodConfig":
         """Inverse of :meth:`to_dict`."""
         values = dict(data)
-        values["flow"] = FlowConfig(**values.get("flow", {}))
+        values["flow"] = FlowConfig.from_dict(values.get("flow", {}))
         values["training"] = TrainingConfig(**values.get("training", {}))
         return cls(**values)
 

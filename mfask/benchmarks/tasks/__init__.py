@@ -9,6 +9,7 @@ Use :func:`get_task` to build a task by name::
     task = get_task("sir")           # SIR epidemic, theta = (beta, gamma)
     task = get_task("blob", size=64) # Gaussian blob images (no reference)
     task = get_task("neuron")        # Hodgkin-Huxley cell, 8 vs 1 compartments
+    task = get_task("informative", dim=3, fraction=1e-4)  # narrow exact posteriors on a box
 
 Every task has fidelities ``("low", "high")``; tasks with a tractable
 likelihood have ``reference_posterior(x_o, num_samples, seed=0, cache=True)``,
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 from mfask.benchmarks.tasks.base import Task
 from mfask.benchmarks.tasks.blob import GaussianBlob
+from mfask.benchmarks.tasks.informative import InformativeBox
 from mfask.benchmarks.tasks.neuron import NeuronTask
 from mfask.benchmarks.tasks.ou import OrnsteinUhlenbeck
 from mfask.benchmarks.tasks.sir import SIR
@@ -34,6 +36,7 @@ __all__ = [
     "SIR",
     "GaussianBlob",
     "NeuronTask",
+    "InformativeBox",
     "TASK_NAMES",
     "get_task",
 ]
@@ -45,6 +48,7 @@ _REGISTRY: dict[str, Callable[..., Task]] = {
     "sir": SIR,
     "blob": GaussianBlob,
     "neuron": NeuronTask,
+    "informative": InformativeBox,
 }
 
 #: the names :func:`get_task` accepts
