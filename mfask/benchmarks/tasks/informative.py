@@ -113,10 +113,12 @@ class InformativeBox(Task):
         """Exact posterior mean and standard deviation per axis, each ``(d,)``."""
         x_o = check_observation(x_o, self.x_shape)
         grid, density = self._axis_grids(x_o)
-        step = grid[:, 1:2] - grid[:, 0:1]
-        mean = (grid * density).sum(axis=1) * step[:, 0]
-        second = (grid**2 * density).sum(axis=1) * step[:, 0]
-        return mean, np.sqrt(np.maximum(second - mean**2, 0.0))
+        weights = np.full(grid.shape[1], 1.0)
+        weights[[0, -1]] = 0.5  # trapezoid rule: the edges of a cut posterior carry density
+        weights = weights[None, :] * (grid[:, 1:2] - grid[:, 0:1]) * density
+        mean = (weights * grid).sum(axis=1)
+        variance = (weights * (grid - mean[:, None]) ** 2).sum(axis=1)
+        return mean, np.sqrt(variance)
 
     def reference_posterior(self, x_o: Any, num_samples: int, seed: int = 0) -> np.ndarray:
         """Exact samples ``(num_samples, d)`` by the inverse CDF of each axis."""
