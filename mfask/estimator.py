@@ -59,6 +59,11 @@ class FlowConfig:
             between couplings. ``"sbi"``: the layout of ``sbi``'s NSF, no
             unconditional splines and an LU layer after every coupling (no
             permutation). Measured in ``docs/benchmarks/parameter_space.md``.
+        conditional_standardization: standardise ``z`` by a least-squares
+            regression on the standardised ``x`` (shift ``a + B x``, scale the
+            residual sd) instead of by its marginal mean and sd, so that the
+            flow starts near posteriors much narrower than the prior (see
+            :func:`linear_conditional_standardization`).
     """
 
     hidden_features: int = 50
@@ -160,8 +165,8 @@ class ConditionalFlow(nn.Module):
         ``x`` is standardised elementwise. ``z`` is centred and scaled by its
         marginal statistics or, with ``FlowConfig(conditional_standardization=True)``,
         by a linear regression on the standardised ``x``: the shift becomes
-        ``mean(z) + (x_std - 0) @ slope.T`` and the scale the residual standard
-        deviation (see :func:`linear_conditional_standardization`).
+        ``z_shift + x_standardised @ z_slope.T`` and the scale the residual
+        standard deviation (see :func:`linear_conditional_standardization`).
 
         Arguments:
             z: ``(n, d)`` parameters in unbounded space.
@@ -175,8 +180,7 @@ class ConditionalFlow(nn.Module):
             shift, slope, scale = linear_conditional_standardization(z, features)
             self.z_slope.copy_(slope)
         else:
-            shift = z.mean(dim=0)
-            scale = z.std(dim=0) if z.shape[0] > 1 else torch.ones(self.theta_dim)
+            shift, scale = marginal_standardization(z)
         self.z_shift.copy_(shift)
         self.z_scale.copy_(torch.where(scale > _MIN_STD, scale, torch.ones_like(scale)))
 
@@ -234,12 +238,18 @@ class ConditionalFlow(nn.Module):
         return u * self.z_scale + self._z_location(x)
 
 
+def marginal_standardization(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of ``z (n, d)``, each ``(d,)`` (sd 1 for one row)."""
+    scale = z.std(dim=0) if z.shape[0] > 1 else torch.ones(z.shape[1], dtype=z.dtype)
+    return z.mean(dim=0), scale
+
+
 def linear_conditional_standardization(z: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Least-squares fit ``z ~ shift + features @ slope.T`` and the residual spread.
 
     Arguments:
         z: ``(n, d)`` parameters.
-        features: ``(n, p)`` standardised conditioning features.
+        features: ``(n, p)`` conditioning features (standardised).
 
     Returns:
         ``shift (d,)``, ``slope (d, p)`` and ``scale (d,)``, the residual
@@ -249,22 +259,20 @@ def linear_conditional_standardization(z: Tensor, features: Tensor) -> tuple[Ten
         coefficient overfits and would understate the scale.
     """
     num_rows, num_features = features.shape
-    shift = z.mean(dim=0)
-    slope = torch.zeros(z.shape[1], num_features, dtype=z.dtype)
     if num_rows < 2 * (num_features + 1):
-        scale = z.std(dim=0) if num_rows > 1 else torch.ones(z.shape[1], dtype=z.dtype)
-        return shift, slope, scale
-    design = features.to(torch.float64) - features.to(torch.float64).mean(dim=0)
-    centred = z.to(torch.float64) - shift.to(torch.float64)
+        shift, scale = marginal_standardization(z)
+        return shift, torch.zeros(z.shape[1], num_features, dtype=z.dtype), scale
+    features64, z64 = features.to(torch.float64), z.to(torch.float64)
+    feature_mean, z_mean = features64.mean(dim=0), z64.mean(dim=0)
+    design, centred = features64 - feature_mean, z64 - z_mean
     gram = design.T @ design
-    ridge = 1e-6 * torch.trace(gram) / num_features + 1e-12
+    ridge = 1e-6 * torch.trace(gram) / num_features + 1e-12  # keeps collinear features solvable
     solution = torch.linalg.solve(gram + ridge * torch.eye(num_features, dtype=torch.float64),
                                   design.T @ centred)  # (p, d)
     residual = centred - design @ solution
     variance = (residual**2).sum(dim=0) / (num_rows - num_features - 1)
-    slope = solution.T.to(z.dtype)
-    # the shift is applied to features centred at zero (x is standardised on the same rows)
-    return shift, slope, variance.sqrt().to(z.dtype)
+    shift = z_mean - feature_mean @ solution
+    return shift.to(z.dtype), solution.T.to(z.dtype), variance.sqrt().to(z.dtype)
 
 
 def _spline_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list[nn.Module]:
@@ -317,4 +325,3 @@ def _coupling(theta_dim: int, context_dim: int, config: FlowConfig,
         tail_bound=config.tail_bound,
         reverse_mask=reverse_mask,
     )
-
