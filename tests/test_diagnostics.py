@@ -27,6 +27,8 @@ from mfask.diagnostics import (
     sbc_uniformity_pvalues,
     tarp_area,
     tarp_coverage,
+    tarp_fractions,
+    tarp_uniformity_pvalue,
     transfer_diagnostic,
 )
 from mfask.diagnostics import mmd as mmd_module
@@ -249,6 +251,17 @@ def test_tarp_exact_posterior_near_diagonal_biased_far():
 
     samples, truth = _conjugate_normal(500, 99, seed=0, shift=1.0)
     assert tarp_area(*tarp_coverage(samples, truth, seed=0)) > 0.04
+
+
+def test_tarp_uniformity_pvalue_accepts_exact_and_rejects_shifted_posteriors():
+    # Under an exact posterior the p-value is uniform: over 20 seeds none falls
+    # below 1e-3 (chance 2 %); a one-sd shift piles the fractions up (p < 1e-6).
+    pvalues = [tarp_uniformity_pvalue(*_conjugate_normal(500, 99, seed=s), seed=s) for s in range(20)]
+    assert min(pvalues) > 1e-3
+    samples, truth = _conjugate_normal(500, 99, seed=0, shift=1.0)
+    assert tarp_uniformity_pvalue(samples, truth, seed=0) < 1e-6
+    fractions = tarp_fractions(samples, truth, seed=0)
+    assert fractions.shape == (500,) and ((fractions >= 0) & (fractions <= 1)).all()
 
 
 def test_tarp_accepts_one_reference_point_for_all_observations():

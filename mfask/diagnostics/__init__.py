@@ -15,8 +15,8 @@ Calibration over many observations:
 
 * :func:`sbc_ranks`, :func:`sbc_uniformity_pvalues`: simulation-based
   calibration;
-* :func:`tarp_coverage`, :func:`tarp_area`: tests of accuracy with random
-  points.
+* :func:`tarp_fractions`, :func:`tarp_coverage`, :func:`tarp_area`,
+  :func:`tarp_uniformity_pvalue`: tests of accuracy with random points.
 
 Whether a low fidelity can help:
 
@@ -35,6 +35,8 @@ from mfask.diagnostics.calibration import (
     sbc_uniformity_pvalues,
     tarp_area,
     tarp_coverage,
+    tarp_fractions,
+    tarp_uniformity_pvalue,
 )
 from mfask.diagnostics.mmd import median_heuristic_bandwidth, mmd_squared
 from mfask.diagnostics.scores import nltp, nrmse
@@ -48,7 +50,9 @@ __all__ = [
     "nrmse",
     "sbc_ranks",
     "sbc_uniformity_pvalues",
+    "tarp_fractions",
     "tarp_coverage",
+    "tarp_uniformity_pvalue",
     "tarp_area",
     "mutual_information_ksg",
     "transfer_diagnostic",

@@ -32,7 +32,14 @@ from scipy import stats
 from mfask.diagnostics._arrays import as_float_array
 from mfask.errors import InvalidInputError
 
-__all__ = ["sbc_ranks", "sbc_uniformity_pvalues", "tarp_coverage", "tarp_area"]
+__all__ = [
+    "sbc_ranks",
+    "sbc_uniformity_pvalues",
+    "tarp_fractions",
+    "tarp_coverage",
+    "tarp_uniformity_pvalue",
+    "tarp_area",
+]
 
 
 def sbc_ranks(posterior_samples: Any, theta_true: Any) -> np.ndarray:
@@ -98,15 +105,14 @@ def sbc_uniformity_pvalues(
     return stats.chi2.sf(statistic, df=bins - 1)
 
 
-def tarp_coverage(
+def tarp_fractions(
     posterior_samples: Any,
     theta_true: Any,
     *,
     references: Any = None,
-    num_alphas: int = 101,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Expected coverage probability curve of TARP (Lemos et al. 2023).
+) -> np.ndarray:
+    """TARP's per-observation statistic (Lemos et al. 2023), shape ``(m,)``.
 
     All points are first mapped to the unit box spanned by the posterior
     samples (per dimension, ``(v - min) / (max - min)`` over all samples of
@@ -114,17 +120,11 @@ def tarp_coverage(
     This map depends only on the observations, not on ``theta_true``, so the
     check stays valid. For observation ``i`` with reference ``r_i``,
 
-        f_i = fraction of samples s with ||s - r_i|| < ||theta_true_i - r_i||,
+        f_i = fraction of samples s with ||s - r_i|| < ||theta_true_i - r_i||.
 
-    and ``ECP(alpha) = mean_i [f_i <= alpha]``, the fraction of true
-    parameters inside the ball around ``r_i`` that holds a fraction
-    ``alpha`` of the posterior samples. For an exact posterior
-    ``ECP(alpha) = alpha`` up to sampling noise (of order ``1 / sqrt(m)``)
-    and a ``1 / (n + 1)`` discreteness offset. Any systematic departure
-    from the diagonal means miscalibration; with references spread over the
-    whole box, over- and under-confidence both bend the curve into an S
-    (``f_i`` piles up near 0 and 1, or near 1/2), so read the shape with
-    care and use :func:`tarp_area` as the summary.
+    For an exact posterior the ``f_i`` are uniform on ``{0, 1/n, ..., 1}``
+    (the true parameter is one more draw from it); see
+    :func:`tarp_uniformity_pvalue` and :func:`tarp_coverage`.
 
     Arguments:
         posterior_samples: shape ``(m, n, d)``.
@@ -133,16 +133,10 @@ def tarp_coverage(
             ``(d,)`` (one point for all observations). They must not be
             chosen with knowledge of ``theta_true``. ``None`` draws them
             uniformly in the box spanned by the posterior samples.
-        num_alphas: number of credibility levels, evenly spaced in ``[0, 1]``.
         seed: seeds the draw of the references.
-
-    Returns:
-        ``(alphas, coverage)``, two float arrays of shape ``(num_alphas,)``.
     """
     samples, truth = _samples_and_truth(posterior_samples, theta_true)
     m, _, d = samples.shape
-    if int(num_alphas) != num_alphas or num_alphas < 2:
-        raise InvalidInputError(f"num_alphas must be an integer >= 2; got {num_alphas!r}")
     low = samples.min(axis=(0, 1))
     width = samples.max(axis=(0, 1)) - low
     width = np.where(width > 0, width, 1.0)
@@ -160,10 +154,60 @@ def tarp_coverage(
         refs = (refs - low) / width
     sample_distance = np.linalg.norm(samples - refs[:, None, :], axis=2)  # (m, n)
     true_distance = np.linalg.norm(truth - refs, axis=1)  # (m,)
-    fraction = np.mean(sample_distance < true_distance[:, None], axis=1)  # (m,)
+    return np.mean(sample_distance < true_distance[:, None], axis=1)
+
+
+def tarp_coverage(
+    posterior_samples: Any,
+    theta_true: Any,
+    *,
+    references: Any = None,
+    num_alphas: int = 101,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected coverage probability curve of TARP (Lemos et al. 2023):
+    ``ECP(alpha) = mean_i [f_i <= alpha]`` with ``f_i`` from
+    :func:`tarp_fractions`, the fraction of true parameters inside the ball
+    around ``r_i`` that holds a fraction ``alpha`` of the posterior samples.
+    For an exact posterior ``ECP(alpha) = alpha`` up to sampling noise (of
+    order ``1 / sqrt(m)``) and a ``1 / (n + 1)`` discreteness offset. Any
+    systematic departure from the diagonal means miscalibration; with
+    references spread over the whole box, over- and under-confidence both
+    bend the curve into an S (``f_i`` piles up near 0 and 1, or near 1/2), so
+    read the shape with care and use :func:`tarp_area` as the summary.
+
+    Arguments:
+        posterior_samples, theta_true, references, seed: as for :func:`tarp_fractions`.
+        num_alphas: number of credibility levels, evenly spaced in ``[0, 1]``.
+
+    Returns:
+        ``(alphas, coverage)``, two float arrays of shape ``(num_alphas,)``.
+    """
+    if int(num_alphas) != num_alphas or num_alphas < 2:
+        raise InvalidInputError(f"num_alphas must be an integer >= 2; got {num_alphas!r}")
+    fraction = tarp_fractions(posterior_samples, theta_true, references=references, seed=seed)
     alphas = np.linspace(0.0, 1.0, int(num_alphas))
     coverage = np.mean(fraction[:, None] <= alphas[None, :], axis=0)
     return alphas, coverage
+
+
+def tarp_uniformity_pvalue(
+    posterior_samples: Any, theta_true: Any, *, references: Any = None, seed: int = 0,
+    bins: int | None = None,
+) -> float:
+    """p-value of the chi-square test that TARP's ``f_i`` are uniform.
+
+    ``f_i * n`` is a rank in ``{0, ..., n}`` (``n`` samples per observation),
+    uniform for an exact posterior, so it is tested exactly like an SBC rank
+    (:func:`sbc_uniformity_pvalues`, same binning). Small values reject
+    calibration: TARP's test of the joint posterior, where SBC tests each
+    marginal.
+    """
+    samples = as_float_array(posterior_samples, "posterior_samples", ndim=3)
+    n = samples.shape[1]
+    fraction = tarp_fractions(samples, theta_true, references=references, seed=seed)
+    ranks = np.rint(fraction * n).astype(np.int64)
+    return float(sbc_uniformity_pvalues(ranks, n, bins=bins)[0])
 
 
 def tarp_area(alphas: Any, coverage: Any) -> float:

@@ -10,6 +10,7 @@ Use :func:`get_task` to build a task by name::
     task = get_task("blob", size=64) # Gaussian blob images (no reference)
     task = get_task("neuron")        # Hodgkin-Huxley cell, 8 vs 1 compartments
     task = get_task("informative", dim=3, fraction=1e-4)  # narrow exact posteriors on a box
+    task = get_task("two_moons")     # two crescent modes, exact references
 
 Every task has fidelities ``("low", "high")``; tasks with a tractable
 likelihood have ``reference_posterior(x_o, num_samples, seed=0, cache=True)``,
@@ -27,6 +28,7 @@ from mfask.benchmarks.tasks.neuron import NeuronTask
 from mfask.benchmarks.tasks.ou import OrnsteinUhlenbeck
 from mfask.benchmarks.tasks.sir import SIR
 from mfask.benchmarks.tasks.slcp import SLCP
+from mfask.benchmarks.tasks.two_moons import TwoMoons
 from mfask.errors import InvalidInputError
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "GaussianBlob",
     "NeuronTask",
     "InformativeBox",
+    "TwoMoons",
     "TASK_NAMES",
     "get_task",
 ]
@@ -49,6 +52,7 @@ _REGISTRY: dict[str, Callable[..., Task]] = {
     "blob": GaussianBlob,
     "neuron": NeuronTask,
     "informative": InformativeBox,
+    "two_moons": TwoMoons,
 }
 
 #: the names :func:`get_task` accepts
