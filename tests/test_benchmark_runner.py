@@ -225,3 +225,23 @@ def test_matching_budget_interpolates_in_log_budget_and_reports_bounds():
     assert how == "interpolated" and budget == pytest.approx(10 ** 2.5)
     assert matching_budget(budgets, values, 0.9) == (10.0, "at most")
     assert matching_budget(budgets, values, 0.5) == (1000.0, "more than")
+
+
+def test_report_tags_rows_by_the_settings_they_ran_with() -> None:
+    """Rows of different flow settings never share a table line: the tag names
+    every setting that differs from the original ones, read from the row's
+    stored config (so it does not move when a default changes)."""
+    from mfask.benchmarks.report import variant
+
+    def row(config: MethodConfig) -> dict:
+        return {"config": config.to_dict()}
+
+    legacy = MethodConfig(parameter_space="unbounded",
+                          flow=FlowConfig(conditional_standardization=False))
+    assert variant(row(legacy)) == ""
+    linear = MethodConfig(parameter_space="support", flow=FlowConfig(conditional_standardization=True))
+    assert variant(row(linear)) == "support, linear std"
+    sbi = MethodConfig(parameter_space="support",
+                       flow=FlowConfig(conditional_standardization=True, layout="sbi"))
+    assert variant(row(sbi)) == "support, linear std, sbi layout"
+    assert variant({"config": {}}) == ""  # rows written before the options existed

@@ -33,7 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "output": "results/benchmarks.jsonl", "n_jobs": 1, "threads_per_job": 1,
     "rounds": MethodConfig.num_rounds, "ensemble_size": MethodConfig.ensemble_size,
     "abc_quantile": MethodConfig.abc_quantile, "parameter_space": MethodConfig.parameter_space,
-    "flow_layout": FlowConfig.layout, "hidden_features": FlowConfig.hidden_features, "num_transforms": FlowConfig.num_transforms,
+    "flow_layout": FlowConfig.layout,
+    "standardization": "linear" if FlowConfig.conditional_standardization else "marginal",
+    "hidden_features": FlowConfig.hidden_features, "num_transforms": FlowConfig.num_transforms,
     "max_epochs": TrainingConfig.max_epochs, "report_dir": "docs/benchmarks/results",
 }
 
@@ -78,8 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ensemble-size", type=int, help="acquisition ensemble size (a-mf-tsnpe)")
     add("--abc-quantile", type=float, help="MF-ABC acceptance quantile")
     add("--parameter-space", choices=PARAMETER_SPACES,
-        help="space the neural methods' flows learn in (default: unbounded)")
-    add("--flow-layout", choices=FLOW_LAYOUTS, help="layout of the flow's stack (default: mfask)")
+        help=f"space the neural methods' flows learn in (default: {MethodConfig.parameter_space})")
+    add("--flow-layout", choices=FLOW_LAYOUTS,
+        help=f"layout of the flow's stack (default: {FlowConfig.layout})")
+    add("--standardization", choices=("marginal", "linear"),
+        help="how the flows standardise theta: by its marginal statistics or by a linear "
+        f"regression on x (FlowConfig.conditional_standardization; default: {DEFAULTS['standardization']})")
     add("--hidden-features", type=int, help="flow width")
     add("--num-transforms", type=int, help="flow depth")
     add("--max-epochs", type=int, help="training epochs cap")
@@ -109,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     v = resolve(args)
     config = MethodConfig(
         flow=FlowConfig(hidden_features=v["hidden_features"], num_transforms=v["num_transforms"],
-                        layout=v["flow_layout"]),
+                        layout=v["flow_layout"],
+                        conditional_standardization=v["standardization"] == "linear"),
         training=TrainingConfig(max_epochs=v["max_epochs"]),
         num_rounds=v["rounds"],
         ensemble_size=v["ensemble_size"],

@@ -65,14 +65,21 @@ class Cell:
 
 
 def variant(row: dict[str, Any]) -> str:
-    """The row's non-default flow settings as a short tag: ``""`` (defaults),
-    ``"support"``, ``"sbi layout"`` or ``"support, sbi layout"``."""
+    """The row's flow settings that differ from the original ones (the
+    unbounded space, marginal standardisation, the mfask layout) as a short
+    tag: ``""``, or parts among ``"support"``, ``"linear std"`` and
+    ``"sbi layout"`` joined by commas. Rows keep the tag they were run with
+    whatever the current defaults are, so results of different settings are
+    never pooled."""
     config = row.get("config", {})
+    flow = config.get("flow", {})
     parts = []
     if config.get("parameter_space", "unbounded") != "unbounded":
         parts.append(config["parameter_space"])
-    if config.get("flow", {}).get("layout", "mfask") != "mfask":
-        parts.append(f"{config['flow']['layout']} layout")
+    if flow.get("conditional_standardization", False):
+        parts.append("linear std")
+    if flow.get("layout", "mfask") != "mfask":
+        parts.append(f"{flow['layout']} layout")
     return ", ".join(parts)
 
 
