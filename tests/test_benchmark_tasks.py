@@ -32,6 +32,10 @@ TASK_VARIANTS = [
     ("sir", {}),
     ("blob", {}),
     ("blob", {"size": 16, "lf_factor": 2}),
+    ("informative", {"dim": 3, "fraction": 1e-4}),
+    ("informative", {"dim": 2, "fraction": 1e-2, "link": "cubic"}),
+    ("two_moons", {}),
+    ("lotka_volterra", {}),
 ]
 
 
@@ -108,6 +112,7 @@ def test_bad_inputs_raise(name, kwargs):
         ("ou", {"dim": 3}, [1.0, 0.3, -0.5], ("high",)),  # LF does not use gamma
         ("sir", {}, [-0.4, 0.1], ("low", "high")),
         ("blob", {}, [5.0, 5.0, -1.0], ("low", "high")),
+        ("lotka_volterra", {}, [0.7, -0.05, 0.9, 0.1], ("low", "high")),
     ],
 )
 def test_undefined_parameters_give_nan_rows(name, kwargs, invalid, fidelities):
@@ -564,3 +569,48 @@ def test_image_embedding_learns_to_locate_the_blob():
     with torch.no_grad():
         held_out = ((net(images[512:]) - target[512:]) ** 2).mean()
     assert held_out < 0.1 * target[512:].var(0).mean()
+
+
+# sbibm 1.1.0's stored observations 1 and 2 (true parameters, observed data) of
+# its lotka_volterra and sir tasks: the numpy simulators must reproduce the
+# model those were drawn from, so that sbibm's reference posteriors apply.
+SBIBM_LOTKA_VOLTERRA = [
+    ([0.6859157, 0.10761319, 0.88789904, 0.116794825],
+     [31.783262, 1.1971166, 0.29703617, 0.71145046, 2.9415865, 11.482614, 36.09036, 0.46229604,
+      0.38081983, 0.9173736, 0.8910395, 27.039942, 4.356176, 0.78444487, 0.17100818, 0.1325878,
+      8.727008, 16.97251, 2.7902339, 0.47567415]),
+    ([0.52359414, 0.04218707, 1.0599382, 0.11769616],
+     [30.08668, 2.746265, 0.5838125, 1.142794, 3.2575288, 8.075945, 23.771442, 5.4086976,
+      0.4585322, 0.987719, 0.91488636, 66.98573, 10.695971, 1.1389576, 0.2448028, 0.10622074,
+      0.6781424, 62.156113, 12.377046, 1.5941441]),
+]
+SBIBM_SIR = [
+    ([0.61479264, 0.19172086], [0.0, 1.0, 352.0, 40.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+    ([0.6667743, 0.09215801], [0.0, 21.0, 373.0, 85.0, 17.0, 5.0, 0.0, 0.0, 0.0, 0.0]),
+]
+
+
+@pytest.mark.parametrize("theta, observed", SBIBM_LOTKA_VOLTERRA)
+def test_lotka_volterra_reproduces_sbibm_observations(theta, observed) -> None:
+    """log(x) - log(state) at the true parameters is N(0, 0.1^2) per entry if
+    the model is sbibm's: the mean square of the 20 standardised residuals
+    is chi2_20 / 20, below 2.8 with probability 1 - 1e-6 (a wrong rate,
+    time grid or species order gives residuals of tens of sds)."""
+    from mfask.benchmarks.tasks.lotka_volterra import OBSERVATION_TIMES, solve_lotka_volterra
+
+    state = solve_lotka_volterra(np.array([theta]), OBSERVATION_TIMES).reshape(-1)
+    residual = (np.log(observed) - np.log(state)) / 0.1
+    assert np.mean(residual**2) < 2.8
+
+
+@pytest.mark.parametrize("theta, observed", SBIBM_SIR)
+def test_sir_high_fidelity_reproduces_sbibm_observations(theta, observed) -> None:
+    """sbibm's SIR counts are Binomial(1000, I/N) at days 0, 17, ..., 153: at
+    the true parameters each count lies within 5 binomial sds (+1 for
+    discreteness) of its mean."""
+    from mfask.benchmarks.tasks.sir import HF_TIMES, POPULATION, solve_sir
+
+    infected = solve_sir(np.array([theta[0]]), np.array([theta[1]]), HF_TIMES)[0, 1]
+    p = infected / POPULATION
+    mean, sd = 1000 * p, np.sqrt(1000 * p * (1 - p))
+    assert np.all(np.abs(np.asarray(observed) - mean) <= 5 * sd + 1)

@@ -11,6 +11,7 @@ Use :func:`get_task` to build a task by name::
     task = get_task("neuron")        # Hodgkin-Huxley cell, 8 vs 1 compartments
     task = get_task("informative", dim=3, fraction=1e-4)  # narrow exact posteriors on a box
     task = get_task("two_moons")     # two crescent modes, exact references
+    task = get_task("lotka_volterra")  # sbibm's predator-prey model (no reference of its own)
 
 Every task has fidelities ``("low", "high")``; tasks with a tractable
 likelihood have ``reference_posterior(x_o, num_samples, seed=0, cache=True)``,
@@ -24,6 +25,7 @@ from typing import Any, Callable
 from mfask.benchmarks.tasks.base import Task
 from mfask.benchmarks.tasks.blob import GaussianBlob
 from mfask.benchmarks.tasks.informative import InformativeBox
+from mfask.benchmarks.tasks.lotka_volterra import LotkaVolterra
 from mfask.benchmarks.tasks.neuron import NeuronTask
 from mfask.benchmarks.tasks.ou import OrnsteinUhlenbeck
 from mfask.benchmarks.tasks.sir import SIR
@@ -40,6 +42,7 @@ __all__ = [
     "NeuronTask",
     "InformativeBox",
     "TwoMoons",
+    "LotkaVolterra",
     "TASK_NAMES",
     "get_task",
 ]
@@ -53,6 +56,7 @@ _REGISTRY: dict[str, Callable[..., Task]] = {
     "neuron": NeuronTask,
     "informative": InformativeBox,
     "two_moons": TwoMoons,
+    "lotka_volterra": LotkaVolterra,
 }
 
 #: the names :func:`get_task` accepts
