@@ -44,12 +44,13 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -105,18 +106,26 @@ class SuiteTask:
     from_theta: Callable[[np.ndarray], np.ndarray] = staticmethod(lambda theta: theta)  # type: ignore[assignment]
 
 
-def _load_sbibm(name: str) -> Any:
-    """The sbibm task; slcp_distractors' stored observations are pickled
-    tensors that torch >= 2.6 only loads with ``weights_only=False``."""
-    import sbibm
-
+@contextlib.contextmanager
+def _sbibm_pickles() -> Iterator[None]:
+    """slcp_distractors' stored observations and its simulator's mixture are
+    pickled objects of sbibm's own package files, which torch >= 2.6 only loads
+    with ``weights_only=False``; allowed inside this block only."""
     original = torch.load
     torch.load = lambda *a, **k: original(*a, **{**k, "weights_only": False})  # type: ignore[assignment]
     try:
-        task = sbibm.get_task(name)
-        task.get_observation(1)
+        yield
     finally:
         torch.load = original  # type: ignore[assignment]
+
+
+def _load_sbibm(name: str) -> Any:
+    """The sbibm task, its stored observations loaded once."""
+    import sbibm
+
+    with _sbibm_pickles():
+        task = sbibm.get_task(name)
+        task.get_observation(1)
     return task
 
 
@@ -135,14 +144,17 @@ def load_task(name: str) -> SuiteTask:
     def draw(budget: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         torch.manual_seed(10_000 * seed + 7)
         theta = task.get_prior()(num_samples=budget)
-        x = task.get_simulator()(theta)
+        with _sbibm_pickles():
+            x = task.get_simulator()(theta)
         return _drop_failed(theta.double().numpy(), x.double().numpy())
 
     def observation(number: int) -> np.ndarray:
-        return task.get_observation(number).double().numpy().reshape(-1)
+        with _sbibm_pickles():
+            return task.get_observation(number).double().numpy().reshape(-1)
 
     def reference(number: int) -> np.ndarray:
-        return task.get_reference_posterior_samples(number).double().numpy()
+        with _sbibm_pickles():
+            return task.get_reference_posterior_samples(number).double().numpy()
 
     dist = task.get_prior_dist()
     common = {"name": name, "sbi_prior": dist, "draw": draw, "observation": observation,
