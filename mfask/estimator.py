@@ -63,7 +63,9 @@ class FlowConfig:
             regression on the standardised ``x`` (shift ``a + B x``, scale the
             residual sd) instead of by its marginal mean and sd, so that the
             flow starts near posteriors much narrower than the prior (see
-            :func:`linear_conditional_standardization`).
+            :func:`linear_conditional_standardization`). The default since
+            the sbibm suite (``docs/conditional_standardization.md``);
+            ``False`` is the marginal standardisation of earlier versions.
     """
 
     hidden_features: int = 50
@@ -72,7 +74,7 @@ class FlowConfig:
     num_blocks: int = 2
     tail_bound: float = 3.0
     layout: FlowLayout = "mfask"
-    conditional_standardization: bool = False
+    conditional_standardization: bool = True
 
     def __post_init__(self) -> None:
         for name in ("hidden_features", "num_transforms", "num_bins", "num_blocks"):

@@ -3,7 +3,7 @@
 A flow is a density on R^d; a prior may have a bounded support (a box, the
 positive reals). Two ways to reconcile them, both offered:
 
-``"unbounded"`` (default)
+``"unbounded"``
     The flow learns ``z = b^{-1}(theta)``, the prior's elementwise bijection
     from the support onto R^d (logit for a box, log for the positive reals;
     :meth:`mfask.priors.Prior.to_unbounded`). Every flow sample maps into the
@@ -12,14 +12,15 @@ positive reals). Two ways to reconcile them, both offered:
     is close to Gaussian in ``theta`` is squeezed and stretched by the logit,
     which can take more data to learn.
 
-``"support"``
+``"support"`` (default)
     The flow learns ``theta`` itself (standardised by the flow, as in
     ``sbi``'s default), with a bounded prior's support cut out afterwards:
     samples outside it are rejected, and the density is renormalised by the
     flow's mass inside the support, ``q(theta | x) / P_q(support | x)``
     (estimated by Monte Carlo; see :mod:`mfask.posterior_density`). Measured
-    on the OU task (``docs/parameter_space.md``), it is the better choice at
-    small simulation budgets; it costs the rejection, and it fails loudly when
+    on the OU task (``docs/parameter_space.md``) and sbibm's tasks
+    (``docs/conditional_standardization.md``), it is the better choice at
+    small simulation budgets, hence the default; it costs the rejection, and it fails loudly when
     the flow puts almost no mass inside the support.
 
 For a prior whose support is all of R^d (e.g. normal marginals) the two

@@ -131,10 +131,11 @@ class MultiFidelityPosterior:
             ticket when every parameter differs by at most
             ``match_tolerance * (scale + |value|)``, ``scale`` being the
             prior's typical scale of that parameter.
-        parameter_space: the space the flows learn in: ``"unbounded"`` (the
-            prior's bijection onto R^d, e.g. logit for a box; never leaks) or
-            ``"support"`` (the parameters themselves, cut to a bounded prior's
-            support by rejection and renormalised, as ``sbi`` does); see
+        parameter_space: the space the flows learn in: ``"support"`` (the
+            default: the parameters themselves, cut to a bounded prior's
+            support by rejection and renormalised, as ``sbi`` does) or
+            ``"unbounded"`` (the prior's bijection onto R^d, e.g. logit for a
+            box; never leaks, the default of earlier versions); see
             :mod:`mfask.parameter_space` and ``docs/parameter_space.md``.
         verbose: print training progress to standard error.
     """
@@ -151,7 +152,7 @@ class MultiFidelityPosterior:
         ensemble_size: int = 1,
         transfer_standardization: TransferStandardization = "refit",
         match_tolerance: float = 1e-5,
-        parameter_space: ParameterSpaceName = "unbounded",
+        parameter_space: ParameterSpaceName = "support",
         verbose: bool = False,
     ) -> None:
         if not isinstance(prior, Prior):

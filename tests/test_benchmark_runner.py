@@ -61,7 +61,9 @@ def test_quick_preset_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert len(shared) == 3 and all(entry["reused"] for entry in shared)
     assert len({entry["seconds"] for entry in shared}) == 1 and shared[0]["seconds"] > 0
     page = (report / "ou.md").read_text()
-    assert "| method | HF 50 |" in page and "mf-npe (LF 200)" in page and "(1)" in page
+    # rows carry the tag of the settings that differ from the original ones (the defaults since)
+    assert "| method | HF 50 |" in page and "mf-npe [support, linear std] (LF 200)" in page
+    assert "(1)" in page
     assert (report / "ou.png").stat().st_size > 1000
 
     # a second run finds every job in the file and adds nothing

@@ -77,14 +77,21 @@ def test_as_accurate_as_normflows_in_float32(dim: int) -> None:
         assert lean_grad_error <= 4 * normflows_grad_error + 1e-6 * float(truth.abs().max()) + 1e-7
 
 
-def test_conditional_flow_uses_it_and_keeps_the_density() -> None:
-    """``ConditionalFlow.log_prob`` (standardisation included) equals the
-    normflows route, and 1-D stacks (autoregressive) fall back to normflows."""
-    flow = perturbed_flow(2, 3, scale=0.05, dtype=torch.float64)
-    z = torch.randn(50, 2, dtype=torch.float64) * 3 + 1
+@pytest.mark.parametrize("conditional", [False, True])
+def test_conditional_flow_uses_it_and_keeps_the_density(conditional: bool) -> None:
+    """``ConditionalFlow.log_prob`` (standardisation included, marginal or
+    conditional on x) equals the normflows route, and 1-D stacks
+    (autoregressive) fall back to normflows."""
+    config = FlowConfig(conditional_standardization=conditional)
+    flow = perturbed_flow(2, 3, scale=0.05, dtype=torch.float64, config=config)
     x = torch.randn(50, 3, dtype=torch.float64)
+    z = torch.randn(50, 2, dtype=torch.float64) * 3 + 1 + x[:, :2]
     flow.set_standardization(z, x)
-    u = (z - flow.z_shift) / flow.z_scale
+    location = flow.z_shift
+    if conditional:
+        location = location + ((x - flow.x_shift) / flow.x_scale) @ flow.z_slope.T
+        assert flow.z_slope.abs().sum() > 0
+    u = (z - location) / flow.z_scale
     expected = flow.flow.log_prob(u, flow.embed(x)) - torch.log(flow.z_scale).sum()
     torch.testing.assert_close(flow.log_prob(z, x), expected, rtol=1e-11, atol=1e-11)
     assert ConditionalFlow(1, (3,))._lean_log_prob is None

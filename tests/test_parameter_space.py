@@ -260,15 +260,20 @@ def test_new_settings_leave_the_keys_of_earlier_benchmark_jobs_unchanged():
     from mfask.benchmarks.methods import MethodConfig
     from mfask.benchmarks.runner import Job
 
-    default = MethodConfig().to_dict()
+    legacy = MethodConfig(parameter_space="unbounded",
+                          flow=FlowConfig(conditional_standardization=False))
+    default = legacy.to_dict()
     assert "parameter_space" not in default and "layout" not in default["flow"]
+    assert "conditional_standardization" not in default["flow"]
+    assert MethodConfig().to_dict()["parameter_space"] == "support"  # today's default is written
     variant = MethodConfig(flow=FlowConfig(layout="sbi"), parameter_space="support")
     assert variant.to_dict()["parameter_space"] == "support"
     assert variant.to_dict()["flow"]["layout"] == "sbi"
     assert MethodConfig.from_dict(variant.to_dict()) == variant
-    assert MethodConfig.from_dict(default) == MethodConfig()
+    assert MethodConfig.from_dict(default) == legacy
+    assert MethodConfig.from_dict(MethodConfig().to_dict()) == MethodConfig()
     keys = {Job("ou", "npe", 0, 50, 0, config=config).key
-            for config in (MethodConfig(), variant, MethodConfig(parameter_space="support"))}
+            for config in (legacy, variant, MethodConfig(parameter_space="support"))}
     assert len(keys) == 3
     with pytest.raises(InvalidInputError, match="parameter_space"):
         MethodConfig(parameter_space="box")

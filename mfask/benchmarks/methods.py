@@ -139,7 +139,7 @@ class MethodConfig:
     num_rounds: int = 4
     ensemble_size: int = 5
     abc_quantile: float = 0.1
-    parameter_space: ParameterSpaceName = "unbounded"
+    parameter_space: ParameterSpaceName = "support"
 
     def __post_init__(self) -> None:
         if self.parameter_space not in PARAMETER_SPACES:
@@ -150,8 +150,10 @@ class MethodConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form. Settings added after results were first
-        published appear only when they differ from their default, so the
-        keys of jobs (and pre-trainings) recorded before them stay valid."""
+        published appear only when they differ from the behaviour before them
+        (``parameter_space="unbounded"``), so the keys of jobs (and
+        pre-trainings) recorded before them stay valid; :meth:`from_dict`
+        reads an absent setting as that behaviour."""
         values = asdict(self)
         values["flow"] = self.flow.to_dict()
         if values["parameter_space"] == "unbounded":
@@ -163,6 +165,7 @@ class MethodConfig:
         """Inverse of :meth:`to_dict`."""
         values = dict(data)
         values["flow"] = FlowConfig.from_dict(values.get("flow", {}))
+        values.setdefault("parameter_space", "unbounded")  # absent: recorded before the option
         values["training"] = TrainingConfig(**values.get("training", {}))
         return cls(**values)
 
