@@ -100,6 +100,17 @@ class FlowConfig:
                 del values[name]
         return values
 
+    def weight_count_estimate(self, theta_dim: int, context_dim: int) -> int:
+        """Roughly how many values the weights of a :class:`ConditionalFlow`
+        of this architecture hold (within a factor of about 2.5 either way),
+        computed without building one: the conditioners' residual nets
+        dominate. Used to refuse files that declare flows far larger than
+        the weights they store."""
+        hidden, blocks, bins = self.hidden_features, self.num_blocks, self.num_bins
+        d, c = int(theta_dim), int(context_dim)
+        per_transform = hidden * (d + c) + blocks * hidden * (2 * hidden + c) + 3 * hidden * d * bins + d * d
+        return self.num_transforms * per_transform + d * c + 2 * (d + c)
+
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> "FlowConfig":
         """Inverse of :meth:`to_dict` (absent later fields take their legacy value)."""

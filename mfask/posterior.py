@@ -41,6 +41,7 @@ from mfask.fidelity import Fidelity, FidelitySpec, resolve_fidelities
 from mfask.parameter_space import ParameterSpace, ParameterSpaceName
 from mfask.posterior_density import PosteriorDensity
 from mfask.priors import Prior, prior_from_spec
+from mfask.state_schema import check_state
 from mfask.state_file import (
     generator_from_array,
     generator_to_array,
@@ -913,7 +914,9 @@ class MultiFidelityPosterior:
         prior: Prior | None,
         embedding_net: nn.Module | None,
     ) -> "MultiFidelityPosterior":
-        """Rebuild an object from :meth:`_export_state` output."""
+        """Rebuild an object from :meth:`_export_state` output, after checking
+        it (:func:`mfask.state_schema.check_state`)."""
+        check_state(meta, arrays, embedding_net=embedding_net is not None and meta.get("has_embedding_net") is True)
         try:
             if prior is None:
                 if meta["prior"] is None:

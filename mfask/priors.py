@@ -73,6 +73,7 @@ class Prior:
                     f"shape); got batch {tuple(marginal.batch_shape)}, "
                     f"event {tuple(marginal.event_shape)}"
                 )
+            _check_marginal_parameters(marginal, index)
         if names is None:
             names = [f"theta_{i}" for i in range(len(marginals))]
         names = [str(name) for name in names]
@@ -303,6 +304,31 @@ def prior_from_spec(spec: dict[str, Any]) -> Prior:
             raise InvalidInputError(f"unknown marginal type {kind!r} in prior description")
         marginals.append(getattr(torch.distributions, kind)(**kwargs, validate_args=False))
     return IndependentPrior(marginals, names=names)
+
+
+def _check_marginal_parameters(marginal: Distribution, index: int) -> None:
+    """Raise :class:`InvalidInputError` unless every parameter of a marginal
+    is finite and satisfies its torch constraint (e.g. a positive scale)."""
+    kind = type(marginal).__name__
+    for key, constraint in marginal.arg_constraints.items():
+        try:
+            value = torch.as_tensor(getattr(marginal, key))
+        except (AttributeError, NotImplementedError, TypeError, RuntimeError):
+            continue  # a parameter this marginal does not expose
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InvalidInputError(f"marginal {index} ({kind}) has a non-finite {key}: {value.tolist()}")
+        if constraints.is_dependent(constraint):
+            continue  # checked below where mfask knows the dependency
+        if not bool(constraint.check(value).all()):
+            raise InvalidInputError(
+                f"marginal {index} ({kind}) has an invalid {key}={value.tolist()}; it must "
+                f"satisfy {constraint} (e.g. a scale or rate must be positive)"
+            )
+    if isinstance(marginal, torch.distributions.Uniform) and not bool((marginal.low < marginal.high).all()):
+        raise InvalidInputError(
+            f"marginal {index} (Uniform) needs low < high; got low={marginal.low.tolist()}, "
+            f"high={marginal.high.tolist()}"
+        )
 
 
 def _as_float64(marginal: Distribution) -> Distribution:

@@ -13,10 +13,14 @@ the target, so a crash mid-save never leaves a truncated file behind.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
+import math
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,8 +34,12 @@ from mfask.errors import StateFormatError
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_JSON_DEPTH",
     "write_state",
+    "write_file_atomically",
+    "check_writable",
     "read_state",
+    "parse_json",
     "encode_state",
     "decode_state",
     "module_to_arrays",
@@ -43,25 +51,79 @@ __all__ = [
 FORMAT_NAME = "mfask-state"
 FORMAT_VERSION = 1
 _META_KEY = "__meta__"
+#: deepest nesting of lists and objects a JSON header may have
+MAX_JSON_DEPTH = 32
+# numpy dtype kinds a member may have (no objects, strings or structures)
+_NUMERIC_KINDS = "biufc"
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# what zipfile raises for archives it cannot read
+_ZIP_ERRORS = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+    NotImplementedError, RuntimeError, KeyError, OverflowError,
+)
 
 
 def write_state(path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    """Atomically write ``meta`` and ``arrays`` to ``path`` (an ``.npz`` file)."""
+    """Atomically write ``meta`` and ``arrays`` to ``path`` (an ``.npz`` file);
+    see :func:`write_file_atomically` for the file's mode."""
     target = Path(path)
     payload = encode_state(meta, arrays)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+    write_file_atomically(target, payload)
+    return target
+
+
+def write_file_atomically(path: str | os.PathLike[str], payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file in the same
+    folder that then replaces ``path``, so that readers never see a partial
+    file.
+
+    A new file gets the mode the umask allows (as ``open`` would create it);
+    a replaced file keeps its mode. Raises ``OSError`` when the folder is
+    missing or not writable (``path`` is then unchanged).
+    """
+    target = Path(path)
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    handle, temporary = _create_temporary(target)
     try:
         with os.fdopen(handle, "wb") as stream:
+            if mode is not None:
+                os.fchmod(stream.fileno(), mode)
             stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
     except BaseException:
-        if os.path.exists(temporary):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    return target
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Raise ``OSError`` unless :func:`write_file_atomically` can write
+    ``path``: its folder exists and takes new files, and ``path``, if it
+    exists, is not a folder. Creates and removes a temporary file."""
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder", str(target))
+    handle, temporary = _create_temporary(target)
+    os.close(handle)
+    os.unlink(temporary)
+
+
+def _create_temporary(target: Path) -> tuple[int, str]:
+    """A new file next to ``target``, opened for writing with mode 0666 less
+    the umask (``tempfile.mkstemp`` would make it 0600)."""
+    for _ in range(100):
+        name = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666), str(name)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(target.parent))
 
 
 def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -93,22 +155,27 @@ def decode_state(data: bytes, label: str = "state") -> tuple[dict[str, Any], dic
     ``label`` names the source in error messages. Raises
     :class:`StateFormatError` for anything but a well-formed state of this
     format version whose members are all plain numeric arrays.
+
+    Memory and time stay proportional to ``len(data)``: the archive's
+    directory is checked before anything is decompressed (members must be
+    stored uncompressed, as :func:`encode_state` writes them, each name
+    once, their sizes adding up to no more than the archive), every
+    member's ``.npy`` header must declare exactly the bytes it holds, and
+    the JSON header may nest at most :data:`MAX_JSON_DEPTH` levels.
     """
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = _checked_directory(archive, len(data), label)
+            raw = {info.filename[: -len(".npy")]: archive.read(info) for info in infos}
+    except StateFormatError:
+        raise
+    except _ZIP_ERRORS as error:
         raise StateFormatError(f"{label} is not a readable mfask state: {error}") from None
-    for name, value in arrays.items():
-        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biufc":
-            raise StateFormatError(f"{label} has a member {name!r} that is not a numeric array")
-    raw = arrays.pop(_META_KEY, None)
-    if raw is None or raw.dtype != np.uint8:
+    arrays = {name: _parse_npy(payload, name, label) for name, payload in raw.items()}
+    header = arrays.pop(_META_KEY, None)
+    if header is None or header.dtype != np.uint8 or header.ndim != 1:
         raise StateFormatError(f"{label} has no mfask header")
-    try:
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise StateFormatError(f"{label} has a corrupt header: {error}") from None
+    meta = parse_json(header.tobytes(), f"{label}'s header")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise StateFormatError(f"{label} is not an mfask state")
     if meta.get("version") != FORMAT_VERSION:
@@ -117,6 +184,90 @@ def decode_state(data: bytes, label: str = "state") -> tuple[dict[str, Any], dic
             f"reads version {FORMAT_VERSION}"
         )
     return meta, arrays
+
+
+def parse_json(data: bytes | str, label: str) -> Any:
+    """JSON text from a file, nested at most :data:`MAX_JSON_DEPTH` levels
+    deep; :class:`StateFormatError` otherwise."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = "it nests too deeply" if isinstance(error, RecursionError) else str(error)
+        raise StateFormatError(f"{label} is not valid JSON: {reason}") from None
+    _check_depth(value, label)
+    return value
+
+
+def _check_depth(value: Any, label: str) -> None:
+    """Raise :class:`StateFormatError` when ``value`` nests deeper than
+    :data:`MAX_JSON_DEPTH` (an iterative walk: no recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > MAX_JSON_DEPTH:
+                raise StateFormatError(
+                    f"{label} nests deeper than {MAX_JSON_DEPTH} levels; mfask never writes that"
+                )
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _checked_directory(archive: zipfile.ZipFile, size: int, label: str) -> list[zipfile.ZipInfo]:
+    """The archive's members after checking names and declared sizes, before
+    any is read."""
+    infos = archive.infolist()
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        raise StateFormatError(f"{label} holds a member twice; it was not written by mfask")
+    total = 0
+    for info in infos:
+        if not info.filename.endswith(".npy") or info.is_dir():
+            raise StateFormatError(f"{label} has a member {info.filename!r} that is not an array")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise StateFormatError(
+                f"{label}: member {info.filename!r} is compressed; mfask stores members "
+                "uncompressed (re-save the state with MultiFidelityPosterior.save)"
+            )
+        total += info.file_size
+    if total > size:
+        raise StateFormatError(
+            f"{label}'s members declare {total} bytes in an archive of {size}; it is corrupt"
+        )
+    return infos
+
+
+def _parse_npy(payload: bytes, name: str, label: str) -> np.ndarray:
+    """A plain numeric array from the bytes of an ``.npy`` member whose
+    header must declare exactly the data that follows it."""
+    stream = io.BytesIO(payload)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, TypeError, SyntaxError, OverflowError, EOFError) as error:
+        raise StateFormatError(f"{label}: member {name!r} is not a readable array: {error}") from None
+    if dtype.kind not in _NUMERIC_KINDS or dtype.hasobject or dtype.fields is not None \
+            or dtype.subdtype is not None:
+        raise StateFormatError(f"{label} has a member {name!r} that is not a numeric array")
+    if any(size < 0 for size in shape):
+        raise StateFormatError(f"{label}: member {name!r} declares a negative shape {shape}")
+    count = math.prod(shape)
+    offset = stream.tell()
+    if count * dtype.itemsize != len(payload) - offset:
+        raise StateFormatError(
+            f"{label}: member {name!r} declares shape {shape} of {dtype} "
+            f"({count * dtype.itemsize} bytes) but holds {len(payload) - offset} bytes"
+        )
+    values = np.frombuffer(payload, dtype=dtype, count=count, offset=offset)
+    if fortran_order:
+        return values.reshape(shape[::-1]).T.copy(order="F")
+    return values.reshape(shape).copy()
 
 
 def module_to_arrays(module: nn.Module, prefix: str) -> dict[str, np.ndarray]:
@@ -130,8 +281,8 @@ def module_to_arrays(module: nn.Module, prefix: str) -> dict[str, np.ndarray]:
 def load_module_arrays(module: nn.Module, arrays: dict[str, np.ndarray], prefix: str) -> None:
     """Load weights saved by :func:`module_to_arrays` into ``module`` (strict).
 
-    Raises :class:`StateFormatError` when a tensor is missing, unexpected or of
-    the wrong shape or dtype.
+    Raises :class:`StateFormatError` when a tensor is missing, unexpected, of
+    the wrong shape or dtype, or holds NaN or inf.
     """
     expected = module.state_dict()
     found = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
@@ -155,6 +306,10 @@ def load_module_arrays(module: nn.Module, arrays: dict[str, np.ndarray], prefix:
             raise StateFormatError(
                 f"saved weight {prefix + key} has dtype {tensor.dtype}; expected {reference.dtype}"
             )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise StateFormatError(
+                f"saved weight {prefix + key} holds NaN or inf values; the state is corrupt"
+            )
         state[key] = tensor
     module.load_state_dict(state, strict=True)
 
@@ -166,6 +321,8 @@ def generator_to_array(generator: torch.Generator) -> np.ndarray:
 
 def generator_from_array(array: np.ndarray) -> torch.Generator:
     """A torch generator restored from :func:`generator_to_array` output."""
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 1:
+        raise StateFormatError("corrupt random generator state: not a 1-D uint8 array")
     generator = torch.Generator()
     try:
         generator.set_state(torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8)))
