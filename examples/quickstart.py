@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--low", type=int, default=2000, help="low-fidelity simulations")
     parser.add_argument("--high", type=int, default=100, help="high-fidelity simulations")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parameter-space", choices=["unbounded", "support"], default="unbounded",
+    parser.add_argument("--parameter-space", choices=["unbounded", "support"], default="support",
                         help="the space the flow learns in (see docs/parameter_space.md)")
     args = parser.parse_args()
 
