@@ -149,7 +149,13 @@ class ConditionalFlow(nn.Module):
         self.register_buffer("z_shift", torch.zeros(self.theta_dim))
         self.register_buffer("z_scale", torch.ones(self.theta_dim))
         if config.conditional_standardization:
-            self.register_buffer("z_slope", torch.zeros(self.theta_dim, math.prod(self.x_shape)))
+            num_features = math.prod(self.x_shape)
+            self.register_buffer("z_slope", torch.zeros(self.theta_dim, num_features))
+            # the training features' range, to which the regression's input is clamped
+            # (unset: the widest finite range, i.e. no clamping)
+            widest = torch.finfo(torch.float32).max  # finite in every float dtype used
+            self.register_buffer("feature_low", torch.full((num_features,), -widest))
+            self.register_buffer("feature_high", torch.full((num_features,), widest))
         self.register_buffer("x_shift", torch.zeros(self.x_shape))
         self.register_buffer("x_scale", torch.ones(self.x_shape))
         self.flow = normflows.ConditionalNormalizingFlow(
@@ -192,6 +198,8 @@ class ConditionalFlow(nn.Module):
             features = self._standardized_features(x)
             shift, slope, scale = linear_conditional_standardization(z, features)
             self.z_slope.copy_(slope)
+            self.feature_low.copy_(features.min(dim=0).values)
+            self.feature_high.copy_(features.max(dim=0).values)
         else:
             shift, scale = marginal_standardization(z)
         self.z_shift.copy_(shift)
@@ -202,10 +210,25 @@ class ConditionalFlow(nn.Module):
         return ((x - self.x_shift) / self.x_scale).reshape(x.shape[0], -1)
 
     def _z_location(self, x: Tensor) -> Tensor:
-        """The standardisation's shift for each row: ``x (n, *x_shape)`` -> ``(n, d)``."""
+        """The standardisation's shift for each row: ``x (n, *x_shape)`` -> ``(n, d)``.
+
+        The regression's features are clamped to their range in the training
+        data, so the location never extrapolates linearly beyond what the data
+        support (an ``x`` outside that range, e.g. in a heavy tail, would
+        otherwise move the posterior arbitrarily far; measured in
+        ``docs/conditional_standardization.md``)."""
         if not self.config.conditional_standardization:
             return self.z_shift.expand(x.shape[0], -1)
-        return self.z_shift + self._standardized_features(x) @ self.z_slope.T
+        features = torch.clamp(self._standardized_features(x), self.feature_low, self.feature_high)
+        return self.z_shift + features @ self.z_slope.T
+
+    def state_defaults(self) -> dict[str, Tensor]:
+        """Buffers added after states were first saved, with the values that
+        reproduce how those states behaved (read by
+        :func:`mfask.state_file.load_module_arrays` when a file lacks them)."""
+        if not self.config.conditional_standardization:
+            return {}
+        return {"feature_low": self.feature_low.clone(), "feature_high": self.feature_high.clone()}
 
     def embed(self, x: Tensor) -> Tensor:
         """Standardise and embed ``x`` ``(n, *x_shape)`` to context ``(n, k)``."""

@@ -279,13 +279,18 @@ def module_to_arrays(module: nn.Module, prefix: str) -> dict[str, np.ndarray]:
 
 
 def load_module_arrays(module: nn.Module, arrays: dict[str, np.ndarray], prefix: str) -> None:
-    """Load weights saved by :func:`module_to_arrays` into ``module`` (strict).
+    """Load weights saved by :func:`module_to_arrays` into ``module`` (strict;
+    buffers the module names in a ``state_defaults()`` method may be absent
+    from files written before they existed and keep the values it gives).
 
     Raises :class:`StateFormatError` when a tensor is missing, unexpected, of
     the wrong shape or dtype, or holds NaN or inf.
     """
     expected = module.state_dict()
     found = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+    defaults = module.state_defaults() if hasattr(module, "state_defaults") else {}
+    for key, value in defaults.items():  # buffers that files written before them lack
+        found.setdefault(key, value.detach().cpu().numpy())
     if set(found) != set(expected):
         missing = sorted(set(expected) - set(found))[:3]
         extra = sorted(set(found) - set(expected))[:3]

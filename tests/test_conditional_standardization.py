@@ -106,3 +106,34 @@ def test_posterior_with_either_standardization_survives_save_and_load(tmp_path, 
     loaded = mfask.MultiFidelityPosterior.load(tmp_path / "state.npz")
     assert loaded.flow_config == post.flow_config
     np.testing.assert_allclose(loaded.log_prob(theta[:5], x_o), before, rtol=1e-6)
+
+
+def test_location_does_not_extrapolate_beyond_the_training_features():
+    """Outside the training range of a feature, the regression's location is the
+    one at the range's edge; inside it, the plain regression."""
+    flow, _, x = _fitted_flow(True)
+    features = (x - flow.x_shift) / flow.x_scale
+    edge, beyond = x[:1].clone(), x[:1].clone()
+    edge[0, 0] = x[:, 0].max()
+    beyond[0, 0] = x[:, 0].max() + 50 * flow.x_scale[0]
+    with torch.no_grad():
+        location = {name: flow._z_location(rows) for name, rows in
+                    (("edge", edge), ("beyond", beyond), ("inside", x[:5]))}
+    torch.testing.assert_close(location["beyond"], location["edge"])
+    torch.testing.assert_close(location["inside"], flow.z_shift + features[:5] @ flow.z_slope.T)
+    assert float(flow.z_slope[0, 0].abs()) > 0.5  # the clamped feature does move the location
+    torch.testing.assert_close(flow.feature_high, features.max(dim=0).values)
+
+
+def test_states_saved_before_the_feature_range_load_without_clamping(tmp_path):
+    """Files written with conditional standardisation before the clamp existed
+    lack its two buffers; they load, with the range unset (no clamping)."""
+    from mfask.state_file import load_module_arrays, module_to_arrays
+
+    flow, _, x = _fitted_flow(True)
+    arrays = {k: v for k, v in module_to_arrays(flow, "flow/").items()
+              if not k.endswith(("feature_low", "feature_high"))}
+    fresh = ConditionalFlow(flow.theta_dim, flow.x_shape, flow.config)
+    load_module_arrays(fresh, arrays, "flow/")
+    assert bool((fresh.feature_high == torch.finfo(torch.float32).max).all())
+    torch.testing.assert_close(fresh.z_slope, flow.z_slope)
