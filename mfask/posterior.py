@@ -547,14 +547,24 @@ class MultiFidelityPosterior:
         self, theta_or_tickets: Any, fidelity: str | None, unasked: str
     ) -> tuple[np.ndarray, np.ndarray | None, int]:
         """Ticket ids ``(n,)`` for the told rows (``-1`` for external rows), the
-        full parameters of the external rows and their fidelity index."""
+        full parameters of the external rows and their fidelity index.
+
+        Ids given by the user (an :class:`AskBatch` or integers) must all have
+        been issued (:class:`UnknownTicketError` otherwise), so that ``-1``
+        only ever marks an external row matched by value.
+        """
         if isinstance(theta_or_tickets, AskBatch):
             batch = theta_or_tickets
             if fidelity is not None and fidelity != batch.fidelity:
                 raise InvalidInputError(
                     f"the batch was asked at fidelity {batch.fidelity!r}, not {fidelity!r}"
                 )
-            return np.asarray(batch.ticket_ids, dtype=np.int64), None, 0
+            ids = as_ticket_ids(batch.ticket_ids)
+            if ids is None:
+                raise InvalidInputError("the batch's ticket ids are not integers")
+            # checked here, before anything filters on the ``-1`` of external rows
+            self._ledger.check_issued(ids)
+            return ids, None, 0
         if fidelity is None:
             ids = as_ticket_ids(theta_or_tickets)
             if ids is None:
@@ -562,6 +572,7 @@ class MultiFidelityPosterior:
                     "tell(theta, x) needs the fidelity: tell(theta, x, fidelity); to tell by "
                     "ticket pass an AskBatch or integer ticket ids"
                 )
+            self._ledger.check_issued(ids)
             return ids, None, 0
         index = self._fidelity_index(fidelity)
         used = self._used_columns[index]

@@ -167,6 +167,17 @@ class TicketLedger:
         return ids
 
     # ------------------------------------------------------------------- match
+    def check_issued(self, ids: np.ndarray) -> None:
+        """Raise :class:`UnknownTicketError` unless every id in ``ids`` ``(n,)``
+        (int64) is one that was issued: ``0 <= id < size``."""
+        unknown = ids[(ids < 0) | (ids >= self.size)]
+        if unknown.size:
+            issued = (
+                f"issued ids are 0..{self.size - 1}" if self.size
+                else "no tickets have been issued yet"
+            )
+            raise UnknownTicketError(f"unknown ticket id(s) {unknown[:5].tolist()}; {issued}")
+
     def check_told(self, ids: np.ndarray, skip_told: bool = False) -> np.ndarray:
         """Validate ticket ids for a tell; returns a mask of ids to record.
 
@@ -174,12 +185,7 @@ class TicketLedger:
         :class:`TicketAlreadyToldError` for ids already told (or given twice),
         unless ``skip_told`` (then those rows are masked out).
         """
-        unknown = ids[(ids < 0) | (ids >= self.size)]
-        if unknown.size:
-            raise UnknownTicketError(
-                f"unknown ticket id(s) {unknown[:5].tolist()}; issued ids are 0.."
-                f"{self.size - 1}" if self.size else "no tickets have been issued yet"
-            )
+        self.check_issued(ids)
         not_pending = self.status[ids] != PENDING
         _, first = np.unique(ids, return_index=True)
         repeated = np.ones(ids.shape[0], dtype=bool)

@@ -58,20 +58,43 @@ def as_theta(value: Any, dim: int, name: str = "theta") -> Tensor:
 
 
 def as_ticket_ids(value: Any) -> np.ndarray | None:
-    """Integer ticket ids ``(n,)`` if ``value`` looks like them, else ``None``."""
+    """Integer ticket ids ``(n,)`` if ``value`` looks like them, else ``None``.
+
+    Raises :class:`~mfask.errors.InvalidInputError` for integers that do not
+    fit in int64 (e.g. ``2**64 - 1`` as uint64), which a plain cast would
+    wrap around to negative ids.
+    """
     if isinstance(value, Tensor):
-        if value.dtype.is_floating_point or value.dtype == torch.bool or value.ndim > 1:
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool \
+                or value.ndim > 1:
             return None
-        return value.cpu().numpy().reshape(-1).astype(np.int64)
+        value = value.cpu().numpy()
     if isinstance(value, (bool, np.bool_)):
         return None
     try:
         array = np.asarray(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if array.ndim <= 1 and np.issubdtype(array.dtype, np.integer):
-        return array.reshape(-1).astype(np.int64)
-    return None
+    if array.ndim > 1:
+        return None
+    if array.dtype == object and array.size and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        for v in array.reshape(-1)
+    ):
+        raise InvalidInputError(
+            f"ticket ids must fit in a 64-bit signed integer; got {array.reshape(-1)[:5].tolist()}"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        return None
+    array = array.reshape(-1)
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        too_large = array > np.iinfo(np.int64).max
+        if too_large.any():
+            raise InvalidInputError(
+                "ticket ids must fit in a 64-bit signed integer; got "
+                f"{array[too_large][:5].tolist()} ({array.dtype})"
+            )
+    return array.astype(np.int64)
 
 
 def positive_int(value: Any, name: str) -> int:

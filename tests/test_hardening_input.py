@@ -1,0 +1,140 @@
+"""Input validation that must refuse bad calls and leave the object unchanged
+(issue 17): out-of-range or wrapped ticket ids, complex values, oversized or
+failing asks, and duplicated rows in one tell by value."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mfask
+from mfask import BoxUniform, MultiFidelityPosterior
+from mfask.tickets import STATUSES, TicketLedger
+
+INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def make_posterior() -> MultiFidelityPosterior:
+    return MultiFidelityPosterior(BoxUniform([0.0, 0.0], [1.0, 1.0]), ["high"], seed=0)
+
+
+def history(post: MultiFidelityPosterior) -> None:
+    """Three asks, the first told: the state the refused calls start from."""
+    first = post.ask("high", 2)
+    post.tell(first, [[0.1], [0.2]])
+    post.ask("high", 3)
+
+
+def snapshot(post: MultiFidelityPosterior) -> dict[str, Any]:
+    """What a user can see of the tickets and results."""
+    state: dict[str, Any] = {
+        "pending": post.pending().tolist(),
+        "x_shape": post.x_shape,
+        "round": post.round,
+    }
+    for status in STATUSES:
+        state[status] = post.num_simulations(status=status)
+    theta, x = post.data("high")
+    state["theta"], state["x"] = theta.tolist(), x.tolist()
+    return state
+
+
+def assert_unchanged_after(
+    refused: Callable[[MultiFidelityPosterior], Any], error: type[Exception], match: str
+) -> None:
+    """``refused`` raises ``error``, changes no visible state, and the next
+    ask (and the tell that follows) behaves as on an object that never saw it."""
+    post, fresh = make_posterior(), make_posterior()
+    history(post)
+    history(fresh)
+    before = snapshot(post)
+    with pytest.raises(error, match=match):
+        refused(post)
+    assert snapshot(post) == before == snapshot(fresh)
+    batch, expected = post.ask("high", 4), fresh.ask("high", 4)
+    np.testing.assert_array_equal(batch.ticket_ids, expected.ticket_ids)
+    np.testing.assert_array_equal(batch.theta, expected.theta)
+    post.tell(batch, np.ones((4, 1)))
+    fresh.tell(expected, np.ones((4, 1)))
+    assert snapshot(post) == snapshot(fresh)
+
+
+# ============================================================ 1: ticket ids
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array([-1]),
+        [-1],
+        torch.tensor([-3]),
+        np.array([5]),  # issued ids are 0..4
+        np.array([2, 10**6]),
+    ],
+)
+def test_tell_refuses_ids_never_issued(ids: Any) -> None:
+    count = len(ids)
+    assert_unchanged_after(
+        lambda post: post.tell(ids, np.full((count, 1), 7.0)),
+        mfask.UnknownTicketError,
+        "unknown ticket id",
+    )
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array([np.iinfo(np.uint64).max], dtype=np.uint64),  # wraps to -1 when cast
+        np.array([2**63], dtype=np.uint64),  # wraps to the most negative int64
+        [2**64 - 1],
+        [2**70],
+    ],
+)
+def test_tell_refuses_ids_that_would_wrap(ids: Any) -> None:
+    assert_unchanged_after(
+        lambda post: post.tell(ids, [[7.0]]), mfask.InvalidInputError, "64-bit signed integer"
+    )
+
+
+def test_negative_id_does_not_reach_a_later_ticket() -> None:
+    """The reported sequence: a told ``-1`` must not land in a later ticket."""
+    post = make_posterior()
+    post.ask("high", 3)
+    with pytest.raises(mfask.UnknownTicketError):
+        post.tell(np.array([-1]), [[7.0]])
+    later = post.ask("high", 100)
+    post.tell(later, np.zeros((100, 1)))
+    assert not np.any(post.data("high")[1] == 7.0)
+
+
+@pytest.mark.parametrize("method", ["fail", "abandon", "retry", "simulator_seeds"])
+def test_other_ticket_methods_refuse_negative_ids(method: str) -> None:
+    assert_unchanged_after(
+        lambda post: getattr(post, method)(np.array([-1])), mfask.UnknownTicketError, "unknown"
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ids=st.lists(
+        st.one_of(st.integers(min_value=-INT64_MAX - 1, max_value=-1), st.integers(min_value=5, max_value=INT64_MAX)),
+        min_size=1,
+        max_size=4,
+    ),
+    dtype=st.sampled_from([None, np.int64, np.int32, np.uint64]),
+)
+def test_out_of_range_ids_are_refused(ids: list[int], dtype: Any) -> None:
+    """Any id outside ``0..issued-1``, in any integer dtype it fits, is refused
+    (an unsigned dtype only holds the non-negative ones)."""
+    if dtype is not None:
+        info = np.iinfo(dtype)
+        ids = [i for i in ids if info.min <= i <= info.max] or [min(int(info.max), INT64_MAX)]
+    value = ids if dtype is None else np.array(ids, dtype=dtype)
+    assert_unchanged_after(
+        lambda post: post.tell(value, np.full((len(ids), 1), 7.0)),
+        mfask.UnknownTicketError,
+        "unknown ticket id",
+    )
