@@ -20,8 +20,14 @@ __all__ = ["as_numeric_array", "as_theta", "as_ticket_ids", "positive_int"]
 
 
 def as_numeric_array(value: Any, name: str) -> np.ndarray:
-    """Any numeric array-like (numpy, torch, nested lists) as a float64 numpy array."""
+    """Any real numeric array-like (numpy, torch, nested lists) as a float64 numpy array.
+
+    Complex values are refused: casting them to float would silently drop
+    the imaginary part.
+    """
     if isinstance(value, Tensor):
+        if value.is_complex():
+            raise InvalidInputError(_complex_message(name, f"torch tensor of dtype {value.dtype}"))
         return value.detach().cpu().to(torch.float64).numpy()
     try:
         array = np.asarray(value)
@@ -29,12 +35,21 @@ def as_numeric_array(value: Any, name: str) -> np.ndarray:
         raise InvalidInputError(
             f"{name} must be a numeric array; got {type(value).__name__} ({error})"
         ) from None
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise InvalidInputError(_complex_message(name, f"{type(value).__name__} of dtype {array.dtype}"))
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise InvalidInputError(
             f"{name} must be numeric (numpy array, torch tensor or nested lists of numbers); "
             f"got {type(value).__name__} of dtype {array.dtype}"
         )
     return array.astype(np.float64)
+
+
+def _complex_message(name: str, what: str) -> str:
+    return (
+        f"{name} must be real-valued; got a complex {what}. Pass the real part "
+        "(e.g. x.real) or split real and imaginary parts into separate columns"
+    )
 
 
 def as_theta(value: Any, dim: int, name: str = "theta") -> Tensor:

@@ -138,3 +138,62 @@ def test_out_of_range_ids_are_refused(ids: list[int], dtype: Any) -> None:
         mfask.UnknownTicketError,
         "unknown ticket id",
     )
+
+
+# ========================================================= 9: complex values
+COMPLEX_VALUES = [
+    pytest.param(lambda a: a.astype(np.complex128), id="numpy-complex128"),
+    pytest.param(lambda a: a.astype(np.complex64), id="numpy-complex64"),
+    pytest.param(lambda a: torch.from_numpy(a.astype(np.complex128)), id="torch-complex"),
+    pytest.param(lambda a: [[complex(v) for v in row] for row in a], id="list-of-complex"),
+]
+
+
+@pytest.mark.parametrize("to_complex", COMPLEX_VALUES)
+def test_tell_refuses_complex_outputs(to_complex: Callable[[np.ndarray], Any]) -> None:
+    def refused(post: MultiFidelityPosterior) -> None:
+        pending = post.pending()
+        post.tell(pending, to_complex(np.full((pending.size, 1), 0.5)))
+
+    assert_unchanged_after(refused, mfask.InvalidInputError, "x must be real-valued")
+
+
+@pytest.mark.parametrize("to_complex", COMPLEX_VALUES)
+def test_tell_by_value_refuses_complex_theta(to_complex: Callable[[np.ndarray], Any]) -> None:
+    def refused(post: MultiFidelityPosterior) -> None:
+        post.tell(to_complex(np.array([[0.5, 0.5]])), [[0.5]], "high", unasked="prior")
+
+    assert_unchanged_after(refused, mfask.InvalidInputError, "theta must be real-valued")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda post: post.set_observation(np.array([0.5 + 1e-3j])), id="set_observation"),
+        pytest.param(lambda post: post.sample(3, torch.tensor([0.5 + 0j])), id="sample"),
+        pytest.param(
+            lambda post: post.log_prob(np.array([[0.5, 0.5j]]), [0.5]), id="log_prob-theta"
+        ),
+    ],
+)
+def test_observations_and_queries_refuse_complex(call: Callable[[MultiFidelityPosterior], Any]) -> None:
+    assert_unchanged_after(call, mfask.InvalidInputError, "must be real-valued")
+
+
+def test_first_observation_refuses_complex() -> None:
+    post = make_posterior()
+    with pytest.raises(mfask.InvalidInputError, match="x_o must be real-valued"):
+        post.set_observation(np.array([0.5 + 1e-3j]))
+    assert post.observation is None and post.x_shape is None
+
+
+@pytest.mark.parametrize("to_complex", COMPLEX_VALUES)
+def test_conversion_refuses_complex_even_with_zero_imaginary_part(
+    to_complex: Callable[[np.ndarray], Any],
+) -> None:
+    from mfask.user_input import as_numeric_array, as_theta
+
+    with pytest.raises(mfask.InvalidInputError, match="real-valued"):
+        as_numeric_array(to_complex(np.zeros((2, 2))), "values")
+    with pytest.raises(mfask.InvalidInputError, match="real-valued"):
+        as_theta(to_complex(np.zeros((2, 2))), 2)
