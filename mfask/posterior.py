@@ -66,9 +66,13 @@ from mfask.ensemble import train_members
 from mfask.sequential import FirstRound, ProposalContext, RoundInfo, SequentialConfig, SequentialState
 from mfask.user_input import as_numeric_array, as_theta, as_ticket_ids, positive_int
 
-__all__ = ["MultiFidelityPosterior", "TellResult", "SimulationFailedWarning"]
+__all__ = ["MAX_ASK", "MultiFidelityPosterior", "TellResult", "SimulationFailedWarning"]
 
 TransferStandardization = Literal["refit", "keep"]
+
+#: the most rows one ``ask`` hands out (larger asks are refused before any
+#: memory is allocated; ask several times for more)
+MAX_ASK = 10_000_000
 
 
 class SimulationFailedWarning(UserWarning):
@@ -334,12 +338,15 @@ class MultiFidelityPosterior:
 
         Raises:
             UnknownFidelityError: ``fidelity`` is not one of :attr:`fidelity_names`.
-            InvalidInputError: ``n`` is not a positive integer, or
-                ``acquisition`` is invalid or given for an ask that is not a
-                sequential highest-fidelity ask.
+            InvalidInputError: ``n`` is not a positive integer of at most
+                :data:`MAX_ASK`, or ``acquisition`` is invalid or given for an
+                ask that is not a sequential highest-fidelity ask.
+
+        Whatever it raises, a failed ask leaves the object as it was: no
+        ticket is opened and the random stream of asks has not moved.
         """
         index = self._fidelity_index(fidelity)
-        n = positive_int(n, "n")
+        n = positive_int(n, "n", maximum=MAX_ASK)
         sequential = self._sequence.active and index == len(self.fidelities) - 1
         if not sequential and acquisition is not None and acquisition is not False:
             raise InvalidInputError(
@@ -347,8 +354,21 @@ class MultiFidelityPosterior:
                 f"({self.fidelity_names[-1]!r}) after set_observation(x_o)"
             )
         wanted = self._sequence.wants_acquisition(acquisition) if sequential else None
-        theta, source = self._propose(index, n, wanted)
-        return self._open_batch(index, theta, source)
+        # an ask that fails part-way (out of memory, a sampler giving up,
+        # an interrupt) must not move the ask stream or the round: the next
+        # ask then draws what it would have drawn without the failed one
+        generator_state = self._ask_generator.get_state()
+        sequence_state = self._sequence.to_state() if sequential else None
+        round_before = self.round
+        try:
+            theta, source = self._propose(index, n, wanted)
+            return self._open_batch(index, theta, source)
+        except BaseException:
+            self._ask_generator.set_state(generator_state)
+            if sequence_state is not None:
+                self._sequence = SequentialState.from_state(*sequence_state)
+            self.round = round_before
+            raise
 
     def _propose(
         self, fidelity: int, n: int, acquisition: AcquisitionConfig | None = None

@@ -112,8 +112,11 @@ def as_ticket_ids(value: Any) -> np.ndarray | None:
     return array.astype(np.int64)
 
 
-def positive_int(value: Any, name: str) -> int:
-    """``value`` as a positive ``int``; bools and non-integers are rejected."""
+def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
+    """``value`` as a positive ``int`` (at most ``maximum`` if given); bools and
+    non-integers are rejected."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InvalidInputError(f"{name} must be a positive integer; got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InvalidInputError(f"{name} must be at most {maximum:_}; got {value!r}")
     return int(value)

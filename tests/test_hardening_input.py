@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import mfask
 from mfask import BoxUniform, MultiFidelityPosterior
+from mfask.posterior import MAX_ASK
 from mfask.tickets import STATUSES, TicketLedger
 
 INT64_MAX = int(np.iinfo(np.int64).max)
@@ -197,3 +198,60 @@ def test_conversion_refuses_complex_even_with_zero_imaginary_part(
         as_numeric_array(to_complex(np.zeros((2, 2))), "values")
     with pytest.raises(mfask.InvalidInputError, match="real-valued"):
         as_theta(to_complex(np.zeros((2, 2))), 2)
+
+
+# ============================================ 12: oversized and failing asks
+@pytest.mark.parametrize("n", [MAX_ASK + 1, 10**12, 10**30, np.int64(2**62)])
+def test_ask_refuses_too_many_rows_before_allocating(n: Any) -> None:
+    assert_unchanged_after(
+        lambda post: post.ask("high", n), mfask.InvalidInputError, "n must be at most"
+    )
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.0, 2.5, True, "3", None, np.float64(3)])
+def test_ask_refuses_non_positive_or_non_integer_n(n: Any) -> None:
+    assert_unchanged_after(
+        lambda post: post.ask("high", n), mfask.InvalidInputError, "n must be a positive integer"
+    )
+
+
+def failing_after_drawing(error: BaseException) -> Callable[..., Any]:
+    """A stand-in for ``TicketLedger.open`` that fails after the parameters
+    were drawn, i.e. after the ask's random stream moved."""
+
+    def open_then_fail(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    return open_then_fail
+
+
+@pytest.mark.parametrize("error", [MemoryError("no room"), KeyboardInterrupt(), RuntimeError("x")])
+def test_failed_ask_does_not_move_the_ask_stream(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    def refused(post: MultiFidelityPosterior) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(TicketLedger, "open", failing_after_drawing(error))
+            post.ask("high", 50)
+
+    assert_unchanged_after(refused, type(error), "")
+
+
+def test_failed_sequential_ask_keeps_the_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing first sequential ask neither starts a round nor moves the stream
+    (no results told, so the round is a prior round and nothing is trained)."""
+    post, fresh = make_posterior(), make_posterior()
+    for obj in (post, fresh):
+        obj.ask("high", 3)
+        obj.set_observation([0.5])
+    with monkeypatch.context() as patch:
+        patch.setattr(TicketLedger, "open", failing_after_drawing(MemoryError("no room")))
+        with pytest.raises(MemoryError):
+            post.ask("high", 5)
+    assert post.round == fresh.round == 0
+    assert post.round_info == fresh.round_info
+    assert snapshot(post) == snapshot(fresh)
+    batch, expected = post.ask("high", 5), fresh.ask("high", 5)
+    assert batch.round == expected.round == post.round == 1
+    np.testing.assert_array_equal(batch.theta, expected.theta)
+    assert post.round_info == fresh.round_info
