@@ -504,7 +504,10 @@ class MultiFidelityPosterior:
         * ``tell(theta, x, fidelity)``: rows of ``theta`` are matched to pending
           tickets of ``fidelity`` by value (exactly, or within
           ``match_tolerance`` for values that went through text). ``theta`` may
-          hold all ``d`` parameters or only those the fidelity uses.
+          hold all ``d`` parameters or only those the fidelity uses. Rows
+          with the same value take distinct pending tickets of that value, in
+          row order; repeats beyond the number of such pending tickets are
+          unasked rows (see ``unasked``).
         * ``tell(batch, x)``: by the tickets of an :class:`AskBatch`.
         * ``tell(ticket_ids, x)``: by integer ticket ids.
 
@@ -513,8 +516,10 @@ class MultiFidelityPosterior:
                 (numpy, torch or nested lists). Rows with NaN/inf are recorded
                 as failed simulations (warned about, left out of training).
             unasked: with ``"prior"``, rows of ``theta`` that match no pending
-                ticket are recorded as extra prior draws (e.g. an archive of
-                earlier simulations); with ``"raise"`` they are an error.
+                ticket (including repeats of a value beyond its pending
+                tickets) are recorded as extra prior draws under new tickets
+                of source ``"external"`` (e.g. an archive of earlier
+                simulations); with ``"raise"`` they are an error.
             skip_told: ignore rows whose ticket already has a result instead
                 of raising.
 
@@ -611,8 +616,10 @@ class MultiFidelityPosterior:
             raise UnmatchedParametersError(
                 f"{unmatched.size} of {ids.shape[0]} row(s) of theta match no pending ticket "
                 f"at fidelity {fidelity!r} ({pending} pending), e.g. row {int(unmatched[0])}: "
-                f"{theta[unmatched[0]].tolist()}. Pass unasked='prior' if they are prior "
-                "draws that were never asked, or tell by ticket id"
+                f"{theta[unmatched[0]].tolist()} (a row repeated in one call takes one pending "
+                "ticket of its value per repeat; the repeats beyond those count as unasked). "
+                "Pass unasked='prior' if they are prior draws that were never asked, or tell "
+                "by ticket id"
             )
         external = np.empty((unmatched.size, self.prior.dim))
         if dim == self.prior.dim:

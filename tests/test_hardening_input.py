@@ -24,11 +24,12 @@ def make_posterior() -> MultiFidelityPosterior:
     return MultiFidelityPosterior(BoxUniform([0.0, 0.0], [1.0, 1.0]), ["high"], seed=0)
 
 
-def history(post: MultiFidelityPosterior) -> None:
-    """Three asks, the first told: the state the refused calls start from."""
+def history(post: MultiFidelityPosterior) -> mfask.AskBatch:
+    """Two asks, the first told: the state the refused calls start from.
+    Returns the second (pending) batch."""
     first = post.ask("high", 2)
     post.tell(first, [[0.1], [0.2]])
-    post.ask("high", 3)
+    return post.ask("high", 3)
 
 
 def snapshot(post: MultiFidelityPosterior) -> dict[str, Any]:
@@ -255,3 +256,88 @@ def test_failed_sequential_ask_keeps_the_round(monkeypatch: pytest.MonkeyPatch) 
     assert batch.round == expected.round == post.round == 1
     np.testing.assert_array_equal(batch.theta, expected.theta)
     assert post.round_info == fresh.round_info
+
+
+# ================================ 18: duplicated rows in one tell by value
+def text_rounded(theta: np.ndarray) -> np.ndarray:
+    """Values as they come back from a text file (within match tolerance)."""
+    return np.array([[float(f"{v:.9g}") for v in row] for row in np.atleast_2d(theta)])
+
+
+def posterior_with_repeated_pending(copies: int) -> tuple[MultiFidelityPosterior, np.ndarray, list[int]]:
+    """A posterior with ``copies`` pending tickets of one value (by retrying a
+    failed ticket) and one pending ticket of another value."""
+    post = make_posterior()
+    first = post.ask("high", 1)
+    post.fail(first)
+    tickets = [int(post.retry(first).ticket_ids[0]) for _ in range(copies)]
+    post.ask("high", 1)
+    return post, first.theta[0], tickets
+
+
+@pytest.mark.parametrize("rounded", [False, True], ids=["exact", "within-tolerance"])
+def test_repeated_rows_take_distinct_pending_tickets(rounded: bool) -> None:
+    post, value, tickets = posterior_with_repeated_pending(2)
+    row = text_rounded(value)[0] if rounded else value
+    result = post.tell(np.stack([row, row]), [[1.0], [2.0]], "high")
+    assert result.ticket_ids.tolist() == tickets and result.num_external == 0
+    assert post.num_simulations("high") == 2 and post.pending().size == 1
+
+
+@pytest.mark.parametrize("first_rounded", [False, True], ids=["exact-first", "rounded-first"])
+def test_repeats_beyond_pending_tickets_are_unasked_rows_in_row_order(first_rounded: bool) -> None:
+    """Which row takes the one pending ticket does not depend on whether it
+    was matched exactly or within tolerance: the first row does."""
+    post, value, tickets = posterior_with_repeated_pending(1)
+    rounded = text_rounded(value)[0]
+    rows = np.stack([rounded, value] if first_rounded else [value, rounded])
+    size = post.num_simulations(status="pending") + post.num_simulations(status="failed")
+    result = post.tell(rows, [[1.0], [2.0]], "high", unasked="prior")
+    assert result.ticket_ids[0] == tickets[0]
+    assert result.ticket_ids[1] == size  # a new external ticket
+    assert result.num_external == 1 and result.num_done == 2
+    theta, x = post.data("high")
+    np.testing.assert_array_equal(theta[0], value)  # the asked ticket keeps its value
+    assert x[:, 0].tolist() == [1.0, 2.0]
+    np.testing.assert_array_equal(theta[1], rows[1])
+
+
+def test_repeats_beyond_pending_tickets_raise_by_default() -> None:
+    value = history(make_posterior()).theta[0]  # pending on every object with this history
+
+    def refused(post: MultiFidelityPosterior) -> None:
+        post.tell(np.stack([value, text_rounded(value)[0]]), [[1.0], [2.0]], "high")
+
+    assert_unchanged_after(refused, mfask.UnmatchedParametersError, "a row repeated in one call")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    picks=st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=1, max_size=8),
+    copies=st.integers(1, 3),
+)
+def test_value_matching_gives_each_pending_ticket_to_at_most_one_row(
+    picks: list[tuple[int, bool]], copies: int
+) -> None:
+    """Rows picked from three asked values (each pending ``copies`` times),
+    exact or text-rounded: the first ``copies`` rows of each value take its
+    tickets, oldest first; the rest become external tickets."""
+    post = make_posterior()
+    batch = post.ask("high", 3)
+    post.fail(batch)
+    tickets = np.array([post.retry(batch).ticket_ids for _ in range(copies)]).T  # (3, copies)
+    rows = np.stack([text_rounded(batch.theta[i])[0] if r else batch.theta[i] for i, r in picks])
+    result = post.tell(rows, np.arange(len(picks), dtype=float).reshape(-1, 1), "high",
+                       unasked="prior")
+    seen = [0, 0, 0]
+    expected_external = 0
+    for row, (i, _) in enumerate(picks):
+        if seen[i] < copies:
+            assert result.ticket_ids[row] == tickets[i, seen[i]]
+        else:
+            assert result.ticket_ids[row] >= 3 + 3 * copies
+            expected_external += 1
+        seen[i] += 1
+    assert result.num_external == expected_external
+    assert np.unique(result.ticket_ids).size == len(picks)
+    assert post.pending().size == sum(max(copies - k, 0) for k in seen)
