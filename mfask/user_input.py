@@ -18,6 +18,8 @@ from mfask.errors import InvalidInputError
 
 __all__ = ["as_numeric_array", "as_theta", "as_ticket_ids", "positive_int"]
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
 
 def as_numeric_array(value: Any, name: str) -> np.ndarray:
     """Any real numeric array-like (numpy, torch, nested lists) as a float64 numpy array.
@@ -96,14 +98,19 @@ def as_ticket_ids(value: Any) -> np.ndarray | None:
         isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
         for v in array.reshape(-1)
     ):
-        raise InvalidInputError(
-            f"ticket ids must fit in a 64-bit signed integer; got {array.reshape(-1)[:5].tolist()}"
-        )
+        # Python ints too large for int64 (or an explicit object array)
+        values = [int(v) for v in array.reshape(-1)]
+        too_large = [v for v in values if not _INT64_MIN <= v <= _INT64_MAX]
+        if too_large:
+            raise InvalidInputError(
+                f"ticket ids must fit in a 64-bit signed integer; got {too_large[:5]}"
+            )
+        array = np.array(values, dtype=np.int64)
     if not np.issubdtype(array.dtype, np.integer):
         return None
     array = array.reshape(-1)
     if np.issubdtype(array.dtype, np.unsignedinteger):
-        too_large = array > np.iinfo(np.int64).max
+        too_large = array > _INT64_MAX
         if too_large.any():
             raise InvalidInputError(
                 "ticket ids must fit in a 64-bit signed integer; got "

@@ -93,6 +93,7 @@ def test_tell_refuses_ids_never_issued(ids: Any) -> None:
         np.array([2**63], dtype=np.uint64),  # wraps to the most negative int64
         [2**64 - 1],
         [2**70],
+        [-(2**70)],
     ],
 )
 def test_tell_refuses_ids_that_would_wrap(ids: Any) -> None:
@@ -110,6 +111,16 @@ def test_negative_id_does_not_reach_a_later_ticket() -> None:
     later = post.ask("high", 100)
     post.tell(later, np.zeros((100, 1)))
     assert not np.any(post.data("high")[1] == 7.0)
+
+
+def test_object_arrays_of_small_ints_are_ticket_ids() -> None:
+    post = make_posterior()
+    batch = post.ask("high", 2)
+    result = post.tell(np.array([1, 0], dtype=object), [[1.0], [0.0]])
+    assert result.ticket_ids.tolist() == [1, 0] and post.pending().size == 0
+    with pytest.raises(mfask.InvalidInputError, match="64-bit signed integer"):
+        post.tell(np.array([1, -(2**63) - 1], dtype=object), [[1.0], [0.0]])
+    assert len(batch) == 2
 
 
 @pytest.mark.parametrize("method", ["fail", "abandon", "retry", "simulator_seeds"])
