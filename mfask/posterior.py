@@ -66,9 +66,13 @@ from mfask.ensemble import train_members
 from mfask.sequential import FirstRound, ProposalContext, RoundInfo, SequentialConfig, SequentialState
 from mfask.user_input import as_numeric_array, as_theta, as_ticket_ids, positive_int
 
-__all__ = ["MultiFidelityPosterior", "TellResult", "SimulationFailedWarning"]
+__all__ = ["MAX_ASK", "MultiFidelityPosterior", "TellResult", "SimulationFailedWarning"]
 
 TransferStandardization = Literal["refit", "keep"]
+
+#: the most rows one ``ask`` hands out (larger asks are refused before any
+#: memory is allocated; ask several times for more)
+MAX_ASK = 10_000_000
 
 
 class SimulationFailedWarning(UserWarning):
@@ -334,12 +338,15 @@ class MultiFidelityPosterior:
 
         Raises:
             UnknownFidelityError: ``fidelity`` is not one of :attr:`fidelity_names`.
-            InvalidInputError: ``n`` is not a positive integer, or
-                ``acquisition`` is invalid or given for an ask that is not a
-                sequential highest-fidelity ask.
+            InvalidInputError: ``n`` is not a positive integer of at most
+                :data:`MAX_ASK`, or ``acquisition`` is invalid or given for an
+                ask that is not a sequential highest-fidelity ask.
+
+        Whatever it raises, a failed ask leaves the object as it was: no
+        ticket is opened and the random stream of asks has not moved.
         """
         index = self._fidelity_index(fidelity)
-        n = positive_int(n, "n")
+        n = positive_int(n, "n", maximum=MAX_ASK)
         sequential = self._sequence.active and index == len(self.fidelities) - 1
         if not sequential and acquisition is not None and acquisition is not False:
             raise InvalidInputError(
@@ -347,8 +354,21 @@ class MultiFidelityPosterior:
                 f"({self.fidelity_names[-1]!r}) after set_observation(x_o)"
             )
         wanted = self._sequence.wants_acquisition(acquisition) if sequential else None
-        theta, source = self._propose(index, n, wanted)
-        return self._open_batch(index, theta, source)
+        # an ask that fails part-way (out of memory, a sampler giving up,
+        # an interrupt) must not move the ask stream or the round: the next
+        # ask then draws what it would have drawn without the failed one
+        generator_state = self._ask_generator.get_state()
+        sequence_state = self._sequence.to_state() if sequential else None
+        round_before = self.round
+        try:
+            theta, source = self._propose(index, n, wanted)
+            return self._open_batch(index, theta, source)
+        except BaseException:
+            self._ask_generator.set_state(generator_state)
+            if sequence_state is not None:
+                self._sequence = SequentialState.from_state(*sequence_state)
+            self.round = round_before
+            raise
 
     def _propose(
         self, fidelity: int, n: int, acquisition: AcquisitionConfig | None = None
@@ -484,7 +504,10 @@ class MultiFidelityPosterior:
         * ``tell(theta, x, fidelity)``: rows of ``theta`` are matched to pending
           tickets of ``fidelity`` by value (exactly, or within
           ``match_tolerance`` for values that went through text). ``theta`` may
-          hold all ``d`` parameters or only those the fidelity uses.
+          hold all ``d`` parameters or only those the fidelity uses. Rows
+          with the same value take distinct pending tickets of that value, in
+          row order; repeats beyond the number of such pending tickets are
+          unasked rows (see ``unasked``).
         * ``tell(batch, x)``: by the tickets of an :class:`AskBatch`.
         * ``tell(ticket_ids, x)``: by integer ticket ids.
 
@@ -493,8 +516,10 @@ class MultiFidelityPosterior:
                 (numpy, torch or nested lists). Rows with NaN/inf are recorded
                 as failed simulations (warned about, left out of training).
             unasked: with ``"prior"``, rows of ``theta`` that match no pending
-                ticket are recorded as extra prior draws (e.g. an archive of
-                earlier simulations); with ``"raise"`` they are an error.
+                ticket (including repeats of a value beyond its pending
+                tickets) are recorded as extra prior draws under new tickets
+                of source ``"external"`` (e.g. an archive of earlier
+                simulations); with ``"raise"`` they are an error.
             skip_told: ignore rows whose ticket already has a result instead
                 of raising.
 
@@ -547,14 +572,24 @@ class MultiFidelityPosterior:
         self, theta_or_tickets: Any, fidelity: str | None, unasked: str
     ) -> tuple[np.ndarray, np.ndarray | None, int]:
         """Ticket ids ``(n,)`` for the told rows (``-1`` for external rows), the
-        full parameters of the external rows and their fidelity index."""
+        full parameters of the external rows and their fidelity index.
+
+        Ids given by the user (an :class:`AskBatch` or integers) must all have
+        been issued (:class:`UnknownTicketError` otherwise), so that ``-1``
+        only ever marks an external row matched by value.
+        """
         if isinstance(theta_or_tickets, AskBatch):
             batch = theta_or_tickets
             if fidelity is not None and fidelity != batch.fidelity:
                 raise InvalidInputError(
                     f"the batch was asked at fidelity {batch.fidelity!r}, not {fidelity!r}"
                 )
-            return np.asarray(batch.ticket_ids, dtype=np.int64), None, 0
+            ids = as_ticket_ids(batch.ticket_ids)
+            if ids is None:
+                raise InvalidInputError("the batch's ticket ids are not integers")
+            # checked here, before anything filters on the ``-1`` of external rows
+            self._ledger.check_issued(ids)
+            return ids, None, 0
         if fidelity is None:
             ids = as_ticket_ids(theta_or_tickets)
             if ids is None:
@@ -562,6 +597,7 @@ class MultiFidelityPosterior:
                     "tell(theta, x) needs the fidelity: tell(theta, x, fidelity); to tell by "
                     "ticket pass an AskBatch or integer ticket ids"
                 )
+            self._ledger.check_issued(ids)
             return ids, None, 0
         index = self._fidelity_index(fidelity)
         used = self._used_columns[index]
@@ -580,8 +616,10 @@ class MultiFidelityPosterior:
             raise UnmatchedParametersError(
                 f"{unmatched.size} of {ids.shape[0]} row(s) of theta match no pending ticket "
                 f"at fidelity {fidelity!r} ({pending} pending), e.g. row {int(unmatched[0])}: "
-                f"{theta[unmatched[0]].tolist()}. Pass unasked='prior' if they are prior "
-                "draws that were never asked, or tell by ticket id"
+                f"{theta[unmatched[0]].tolist()} (a row repeated in one call takes one pending "
+                "ticket of its value per repeat; the repeats beyond those count as unasked). "
+                "Pass unasked='prior' if they are prior draws that were never asked, or tell "
+                "by ticket id"
             )
         external = np.empty((unmatched.size, self.prior.dim))
         if dim == self.prior.dim:

@@ -167,6 +167,17 @@ class TicketLedger:
         return ids
 
     # ------------------------------------------------------------------- match
+    def check_issued(self, ids: np.ndarray) -> None:
+        """Raise :class:`UnknownTicketError` unless every id in ``ids`` ``(n,)``
+        (int64) is one that was issued: ``0 <= id < size``."""
+        unknown = ids[(ids < 0) | (ids >= self.size)]
+        if unknown.size:
+            issued = (
+                f"issued ids are 0..{self.size - 1}" if self.size
+                else "no tickets have been issued yet"
+            )
+            raise UnknownTicketError(f"unknown ticket id(s) {unknown[:5].tolist()}; {issued}")
+
     def check_told(self, ids: np.ndarray, skip_told: bool = False) -> np.ndarray:
         """Validate ticket ids for a tell; returns a mask of ids to record.
 
@@ -174,12 +185,7 @@ class TicketLedger:
         :class:`TicketAlreadyToldError` for ids already told (or given twice),
         unless ``skip_told`` (then those rows are masked out).
         """
-        unknown = ids[(ids < 0) | (ids >= self.size)]
-        if unknown.size:
-            raise UnknownTicketError(
-                f"unknown ticket id(s) {unknown[:5].tolist()}; issued ids are 0.."
-                f"{self.size - 1}" if self.size else "no tickets have been issued yet"
-            )
+        self.check_issued(ids)
         not_pending = self.status[ids] != PENDING
         _, first = np.unique(ids, return_index=True)
         repeated = np.ones(ids.shape[0], dtype=bool)
@@ -199,6 +205,13 @@ class TicketLedger:
     ) -> np.ndarray:
         """Match rows to pending tickets of ``fidelity`` by parameter value.
 
+        A row's value is the pending value it equals exactly, else the one
+        pending value within tolerance. Rows of the same value then take that
+        value's pending tickets in row order (oldest ticket first), one ticket
+        per row: a value given more often than it has pending tickets leaves
+        the later rows unmatched (the caller applies its policy for unasked
+        rows to them), whether rows were matched exactly or within tolerance.
+
         Arguments:
             theta: ``(n, k)`` values of the fidelity's used columns.
             scale: ``(k,)`` typical scale per used column.
@@ -206,46 +219,50 @@ class TicketLedger:
                 ``tolerance * (scale + |value|)``.
 
         Returns:
-            ids ``(n,)``; ``-1`` for rows that match no pending ticket.
+            ids ``(n,)``; ``-1`` for rows that match no pending ticket or whose
+            value's pending tickets earlier rows already took.
 
         Raises :class:`UnmatchedParametersError` for a row within tolerance of
         two or more pending tickets with different values. Changes nothing.
         """
         index = self._pending_by_value[fidelity]
-        ids = np.full(theta.shape[0], -1, dtype=np.int64)
-        used: dict[bytes, int] = {}
+        keys: list[bytes | None] = []
         for row in range(theta.shape[0]):
             key = np.ascontiguousarray(theta[row]).tobytes()
-            queue = index.get(key)
-            if queue is not None:
-                taken = used.get(key, 0)
-                if taken < len(queue):
-                    ids[row] = queue[taken]
-                    used[key] = taken + 1
-        missing = np.flatnonzero(ids < 0)
+            keys.append(key if key in index else None)
+        missing = np.array([row for row, key in enumerate(keys) if key is None], dtype=np.int64)
         if missing.size and index:
-            self._match_within_tolerance(
-                theta, missing, fidelity, scale, tolerance, ids, used
-            )
+            near = self._keys_within_tolerance(theta, missing, fidelity, scale, tolerance)
+            for row, key in zip(missing, near):
+                keys[row] = key
+        ids = np.full(theta.shape[0], -1, dtype=np.int64)
+        taken: dict[bytes, int] = {}
+        for row, key in enumerate(keys):
+            if key is None:
+                continue
+            count = taken.get(key, 0)
+            if count < len(index[key]):
+                ids[row] = index[key][count]
+                taken[key] = count + 1
         return ids
 
-    def _match_within_tolerance(
+    def _keys_within_tolerance(
         self,
         theta: np.ndarray,
         rows: np.ndarray,
         fidelity: int,
         scale: np.ndarray,
         tolerance: float,
-        ids: np.ndarray,
-        used: dict[bytes, int],
-    ) -> None:
-        """Fill ``ids[rows]`` by nearest pending values (see ``plan_value_match``)."""
+    ) -> list[bytes | None]:
+        """The pending value key within tolerance of each of ``theta[rows]``
+        (``None`` if none is); raises as :meth:`plan_value_match`."""
         index = self._pending_by_value[fidelity]
         keys = list(index)
         values = np.stack([np.frombuffer(k, dtype=np.float64) for k in keys])
         tree = cKDTree(values / scale)
         scaled = theta[rows] / scale
         radius = tolerance * (1.0 + np.abs(scaled).max(axis=1))
+        found: list[bytes | None] = []
         for row, point, r in zip(rows, scaled, radius):
             candidates = tree.query_ball_point(point, r, p=np.inf)
             close = [
@@ -258,12 +275,8 @@ class TicketLedger:
                     f"matching tolerance of {len(close)} different pending tickets; "
                     "tell by ticket id (tell(batch, x) or tell(ticket_ids, x)) instead"
                 )
-            if close:
-                key = keys[close[0]]
-                taken = used.get(key, 0)
-                if taken < len(index[key]):
-                    ids[row] = index[key][taken]
-                    used[key] = taken + 1
+            found.append(keys[close[0]] if close else None)
+        return found
 
     # ------------------------------------------------------------------ record
     def record(self, ids: np.ndarray, x: np.ndarray, failed: np.ndarray) -> None:

@@ -18,10 +18,18 @@ from mfask.errors import InvalidInputError
 
 __all__ = ["as_numeric_array", "as_theta", "as_ticket_ids", "positive_int"]
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
 
 def as_numeric_array(value: Any, name: str) -> np.ndarray:
-    """Any numeric array-like (numpy, torch, nested lists) as a float64 numpy array."""
+    """Any real numeric array-like (numpy, torch, nested lists) as a float64 numpy array.
+
+    Complex values are refused: casting them to float would silently drop
+    the imaginary part.
+    """
     if isinstance(value, Tensor):
+        if value.is_complex():
+            raise InvalidInputError(_complex_message(name, f"torch tensor of dtype {value.dtype}"))
         return value.detach().cpu().to(torch.float64).numpy()
     try:
         array = np.asarray(value)
@@ -29,12 +37,21 @@ def as_numeric_array(value: Any, name: str) -> np.ndarray:
         raise InvalidInputError(
             f"{name} must be a numeric array; got {type(value).__name__} ({error})"
         ) from None
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise InvalidInputError(_complex_message(name, f"{type(value).__name__} of dtype {array.dtype}"))
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise InvalidInputError(
             f"{name} must be numeric (numpy array, torch tensor or nested lists of numbers); "
             f"got {type(value).__name__} of dtype {array.dtype}"
         )
     return array.astype(np.float64)
+
+
+def _complex_message(name: str, what: str) -> str:
+    return (
+        f"{name} must be real-valued; got a complex {what}. Pass the real part "
+        "(e.g. x.real) or split real and imaginary parts into separate columns"
+    )
 
 
 def as_theta(value: Any, dim: int, name: str = "theta") -> Tensor:
@@ -58,24 +75,55 @@ def as_theta(value: Any, dim: int, name: str = "theta") -> Tensor:
 
 
 def as_ticket_ids(value: Any) -> np.ndarray | None:
-    """Integer ticket ids ``(n,)`` if ``value`` looks like them, else ``None``."""
+    """Integer ticket ids ``(n,)`` if ``value`` looks like them, else ``None``.
+
+    Raises :class:`~mfask.errors.InvalidInputError` for integers that do not
+    fit in int64 (e.g. ``2**64 - 1`` as uint64), which a plain cast would
+    wrap around to negative ids.
+    """
     if isinstance(value, Tensor):
-        if value.dtype.is_floating_point or value.dtype == torch.bool or value.ndim > 1:
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool \
+                or value.ndim > 1:
             return None
-        return value.cpu().numpy().reshape(-1).astype(np.int64)
+        value = value.cpu().numpy()
     if isinstance(value, (bool, np.bool_)):
         return None
     try:
         array = np.asarray(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if array.ndim <= 1 and np.issubdtype(array.dtype, np.integer):
-        return array.reshape(-1).astype(np.int64)
-    return None
+    if array.ndim > 1:
+        return None
+    if array.dtype == object and array.size and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        for v in array.reshape(-1)
+    ):
+        # Python ints too large for int64 (or an explicit object array)
+        values = [int(v) for v in array.reshape(-1)]
+        too_large = [v for v in values if not _INT64_MIN <= v <= _INT64_MAX]
+        if too_large:
+            raise InvalidInputError(
+                f"ticket ids must fit in a 64-bit signed integer; got {too_large[:5]}"
+            )
+        array = np.array(values, dtype=np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        return None
+    array = array.reshape(-1)
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        too_large = array > _INT64_MAX
+        if too_large.any():
+            raise InvalidInputError(
+                "ticket ids must fit in a 64-bit signed integer; got "
+                f"{array[too_large][:5].tolist()} ({array.dtype})"
+            )
+    return array.astype(np.int64)
 
 
-def positive_int(value: Any, name: str) -> int:
-    """``value`` as a positive ``int``; bools and non-integers are rejected."""
+def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
+    """``value`` as a positive ``int`` (at most ``maximum`` if given); bools and
+    non-integers are rejected."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InvalidInputError(f"{name} must be a positive integer; got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InvalidInputError(f"{name} must be at most {maximum:_}; got {value!r}")
     return int(value)
