@@ -13,6 +13,7 @@ The entry point is :class:`MultiFidelityPosterior`::
 from mfask.errors import (
     InvalidInputError,
     LeakageError,
+    LeakageWarning,
     MfaskError,
     NotEnoughDataError,
     OutsidePriorError,
@@ -64,6 +65,7 @@ __all__ = [
     "OutsidePriorError",
     "NotEnoughDataError",
     "LeakageError",
+    "LeakageWarning",
     "StateFormatError",
     "StudyLockedError",
 ]

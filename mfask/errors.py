@@ -18,6 +18,7 @@ __all__ = [
     "OutsidePriorError",
     "NotEnoughDataError",
     "LeakageError",
+    "LeakageWarning",
     "StateFormatError",
     "StudyLockedError",
 ]
@@ -73,3 +74,10 @@ class StudyLockedError(MfaskError, TimeoutError):
 class LeakageError(MfaskError, RuntimeError):
     """A posterior learnt in the ``"support"`` parameter space puts almost no
     mass inside the prior's support, so rejection sampling cannot draw from it."""
+
+
+class LeakageWarning(UserWarning):
+    """Rejection sampling in the ``"support"`` space accepts fewer than
+    ``mfask.posterior_density.WARN_ACCEPTANCE`` of its draws at some observation: slow, and a sign
+    that the posterior there is poorly learnt (an ``x`` unlike the training
+    data, or too few simulations)."""

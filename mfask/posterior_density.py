@@ -19,8 +19,11 @@ with a bounded prior), each member is cut to the support and renormalised:
   ``sqrt((1 - P) / (P * SUPPORT_MASS_DRAWS))``: 0.005 at ``P = 0.9``;
 * samples are drawn by rejection, member by member, so that an ensemble's
   samples follow the same equal-weight mixture of renormalised members as
-  ``log_prob``. When a member's acceptance rate at an observation stays
-  below ``MIN_ACCEPTANCE`` the draw stops with
+  ``log_prob``. When a member's acceptance rate at an observation falls
+  below ``WARN_ACCEPTANCE`` the draw goes on with a :class:`LeakageWarning`
+  (rejection stays exact, only slower: an observation in the tail of the
+  training data is answered, not refused); when it stays below
+  ``MIN_ACCEPTANCE`` after ``_DRAWS_BEFORE_GIVING_UP`` draws it stops with
   :class:`~mfask.errors.LeakageError` instead of looping for ever.
 
 Shapes: ``theta`` is ``(n, d)``; one observation ``x`` is ``(*x_shape)``;
@@ -30,26 +33,32 @@ many observations are ``(m, *x_shape)``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from mfask.errors import LeakageError
+from mfask.errors import LeakageError, LeakageWarning
 from mfask.estimator import ConditionalFlow
 from mfask.parameter_space import ParameterSpace
 from mfask.priors import Prior
 
-__all__ = ["PosteriorDensity", "SUPPORT_MASS_DRAWS", "MIN_ACCEPTANCE"]
+__all__ = ["PosteriorDensity", "SUPPORT_MASS_DRAWS", "WARN_ACCEPTANCE", "MIN_ACCEPTANCE"]
+
 
 # Rows per forward pass when evaluating densities, to bound memory.
 _CHUNK = 65536
 #: base-noise draws per member and observation estimating the mass inside the support
 SUPPORT_MASS_DRAWS = 4096
-#: rejection sampling gives up below this acceptance rate ...
-MIN_ACCEPTANCE = 1e-3
-# ... once this many draws were made at an observation
-_DRAWS_BEFORE_GIVING_UP = 20_000
+#: rejection sampling warns below this acceptance rate ...
+WARN_ACCEPTANCE = 1e-3
+# ... once this many draws were made at an observation,
+_DRAWS_BEFORE_WARNING = 20_000
+#: and gives up below this one ...
+MIN_ACCEPTANCE = 1e-5
+# ... once this many were made (a few seconds of a default flow's sampling)
+_DRAWS_BEFORE_GIVING_UP = 1_000_000
 # Seed of the fixed base noise of the support-mass estimate.
 _MASS_NOISE_SEED = 20_241_126
 
@@ -212,6 +221,7 @@ class PosteriorDensity:
         filled = torch.zeros(num_obs, dtype=torch.long)
         drawn = torch.zeros(num_obs, dtype=torch.long)
         accepted = torch.zeros(num_obs, dtype=torch.long)
+        warned = False
         batch = most
         while True:
             missing = need - filled
@@ -233,6 +243,14 @@ class PosteriorDensity:
             cols = (filled[active].unsqueeze(1) + slot)[keep]
             out[rows, cols] = theta[keep]
             filled[active] += take
+            slow = (drawn >= _DRAWS_BEFORE_WARNING) & (accepted < WARN_ACCEPTANCE * drawn) & (filled < need)
+            if slow.any() and not warned:
+                warned = True
+                warnings.warn(
+                    f"the posterior puts little mass inside the prior's support at {int(slow.sum())} "
+                    f"of {num_obs} observation(s) (acceptance below {WARN_ACCEPTANCE:g}); sampling "
+                    "them by rejection is slow, and their posteriors are likely poorly learnt",
+                    LeakageWarning, stacklevel=2)
             stuck = (drawn >= _DRAWS_BEFORE_GIVING_UP) & (accepted < MIN_ACCEPTANCE * drawn) & (filled < need)
             if stuck.any():
                 rate = float(accepted[stuck].sum()) / float(drawn[stuck].sum())
