@@ -271,9 +271,9 @@ def mean_and_se(values: list[float]) -> tuple[float, float]:
 
 
 def render(rows: list[dict[str, Any]], command: str) -> str:
-    """The table: per task and budget, C2ST mean +- standard error over seeds x
-    observations (per-seed means enter the SE over seeds when there are >= 2
-    seeds; otherwise the SE is over observations), and median training seconds."""
+    """The table: per task and budget, C2ST mean +- standard error over the
+    seeds x observations values, and median training seconds; a cell pooling
+    fewer seeds than its row's column names its count."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cells = sorted({(r["task"], r["budget"]) for r in rows}, key=lambda c: (TASKS.index(c[0]) if c[0] in TASKS else 99, c[1]))
     lines = ["# sbibm: mfask NPE vs sbi NPE", "",
@@ -286,6 +286,9 @@ def render(rows: list[dict[str, Any]], command: str) -> str:
              "|---|---|---|" + "---|" * len(methods)]
     for task, budget in cells:
         row = [task, str(budget)]
+        seeds = {m: len([r for r in rows if (r["task"], r["budget"], r["method"]) == (task, budget, m)])
+                 for m in methods}
+        most = max(seeds.values())
         shape = ""
         entries = []
         for method in methods:
@@ -296,8 +299,9 @@ def render(rows: list[dict[str, Any]], command: str) -> str:
             values = [v for r in found for v in r["c2st"]]
             mean, se = mean_and_se(values)
             seconds = float(np.median([r["train_seconds"] for r in found]))
-            shape = f"{len(found)} x {len(found[0]['c2st'])}"
-            entries.append(f"{mean:.3f} +- {se:.3f} ({seconds:.0f} s)")
+            shape = f"{most} x {len(found[0]['c2st'])}"
+            fewer = f" [{len(found)} seed]" if len(found) < most else ""
+            entries.append(f"{mean:.3f} +- {se:.3f} ({seconds:.0f} s){fewer}")
         lines.append("| " + " | ".join(row + [shape] + entries) + " |")
     return "\n".join(lines) + "\n"
 
