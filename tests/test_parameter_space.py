@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import mfask
+
 from mfask import (
     BoxUniform,
     FlowConfig,
@@ -134,7 +136,7 @@ def test_rejection_sampling_is_reproducible_and_covers_many_observations():
 def test_a_flow_with_no_mass_in_the_support_fails_loudly():
     far = leaky_flow(6, centre=(40.0, 40.0), scale=(0.1, 0.1))
     density = PosteriorDensity(BOX, [far], ParameterSpace(BOX, "support"))
-    with pytest.raises(LeakageError, match="parameter_space='unbounded'"):
+    with pytest.warns(mfask.LeakageWarning), pytest.raises(LeakageError, match="parameter_space='unbounded'"):
         density.sample(100, X, torch.Generator().manual_seed(0))
     # the density stays finite inside the support (mass floored at one draw)
     value = density.log_prob(torch.tensor([[0.5, 0.0]], dtype=torch.float64), X)
