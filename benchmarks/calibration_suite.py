@@ -92,12 +92,6 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "tarp_pvalue": tarp, "train_seconds": seconds}
 
 
-def read_rows() -> list[dict[str, Any]]:
-    if not RESULTS.exists():
-        return []
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-
-
 def render(rows: list[dict[str, Any]], command: str) -> str:
     """One line per row; the Bonferroni level counts every test of the table.
     A task whose posterior could not be sampled at some test observation
@@ -154,7 +148,7 @@ def main() -> None:
                 continue
             print(f"{name}: min SBC p {min(row['sbc_pvalues']):.3g}, TARP p {row['tarp_pvalue']:.3g} "
                   f"({row['train_seconds']:.0f} s)", flush=True)
-    REPORT.write_text(render(read_rows(), command))
+    REPORT.write_text(render(sbibm_suite.read_rows(RESULTS), command))
 
 
 if __name__ == "__main__":

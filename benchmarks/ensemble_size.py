@@ -42,6 +42,9 @@ from mfask.benchmarks.machine import describe_machine
 from mfask.benchmarks.tasks import Task, get_task
 from mfask.diagnostics import c2st, sbc_ranks, sbc_uniformity_pvalues, tarp_uniformity_pvalue
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sbibm_suite import read_rows  # noqa: E402  (the suite's JSON Lines reader)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "benchmarks" / "results" / "ensemble.jsonl"
 REPORT = ROOT / "docs" / "benchmarks" / "ensemble.md"
@@ -109,12 +112,6 @@ def run_seed(task_name: str, seed: int, args: argparse.Namespace, done: set[tupl
                           f"TARP p {row['tarp_pvalue']:.2g} ({seconds:.0f} s)", flush=True)
 
 
-def read_rows() -> list[dict[str, Any]]:
-    if not RESULTS.exists():
-        return []
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-
-
 def mean_se(values: list[float]) -> str:
     array = np.asarray(values, dtype=float)
     se = array.std(ddof=1) / math.sqrt(array.size) if array.size > 1 else math.nan
@@ -175,11 +172,11 @@ def main() -> None:
         a for a in sys.argv[1:] if a != "--report-only")
     if not args.report_only:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        done = {(r["task"], r["seed"], r["high"], r["method"], r["ensemble_size"]) for r in read_rows()}
+        done = {(r["task"], r["seed"], r["high"], r["method"], r["ensemble_size"]) for r in read_rows(RESULTS)}
         for task_name in args.tasks:
             for seed in range(args.seeds):
                 run_seed(task_name, seed, args, done)
-    REPORT.write_text(render(read_rows(), command))
+    REPORT.write_text(render(read_rows(RESULTS), command))
 
 
 if __name__ == "__main__":
