@@ -26,7 +26,10 @@ from torch import Tensor
 from mfask.errors import InvalidInputError, NotEnoughDataError
 from mfask.estimator import ConditionalFlow
 
-__all__ = ["TrainingConfig", "TrainingHistory", "EpochReport", "train_flow"]
+__all__ = [
+    "TrainingConfig", "TrainingHistory", "EpochReport", "ValidationSplit", "train_flow",
+    "validation_split", "negative_log_probs",
+]
 
 # Validation loss is evaluated in chunks of this many rows to bound memory.
 _EVAL_CHUNK = 8192
@@ -97,6 +100,15 @@ class TrainingHistory:
     num_validation: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
+    #: where the weights started: ``"fresh"`` (a new initialisation),
+    #: ``"pre-trained"`` (copied from the level below), ``"warm"`` (this
+    #: level's previous weights); empty in histories saved before it existed
+    start: str = ""
+    #: ``"fine-tuned"`` or ``"hf-only"`` when the transfer guard trained two
+    #: candidates (see :mod:`mfask.transfer_guard`), else empty
+    candidate: str = ""
+    #: whether this network is part of the level's posterior
+    selected: bool = True
 
     @property
     def epochs(self) -> int:
@@ -140,13 +152,11 @@ def train_flow(
         raise NotEnoughDataError(
             f"training needs at least 2 successful simulations; got {num_rows}"
         )
-    generator = torch.Generator().manual_seed(int(seed))
-    order = torch.randperm(num_rows, generator=generator)
-    num_validation = max(1, int(round(config.validation_fraction * num_rows)))
-    validation_index, train_index = order[:num_validation], order[num_validation:]
-    z_train, x_train = z[train_index], x[train_index]
-    z_val, x_val = z[validation_index], x[validation_index]
-    num_train = z_train.shape[0]
+    split = validation_split(num_rows, config.validation_fraction, seed)
+    generator = split.generator
+    z_train, x_train = z[split.train], x[split.train]
+    z_val, x_val = z[split.validation], x[split.validation]
+    num_train, num_validation = z_train.shape[0], z_val.shape[0]
 
     parameters = list(flow.parameters())  # collected once: walking the module tree every step costs
     optimizer = adam(parameters, config.learning_rate)
@@ -190,6 +200,31 @@ def train_flow(
     return history
 
 
+@dataclass(frozen=True)
+class ValidationSplit:
+    """The rows a training run holds out, and the generator it continues with.
+
+    Attributes:
+        validation: ``(m,)`` int64 indices of the held-out rows.
+        train: ``(n - m,)`` int64 indices of the training rows.
+        generator: the seeded generator after drawing the split (it then
+            draws the batch order).
+    """
+
+    validation: Tensor
+    train: Tensor
+    generator: torch.Generator
+
+
+def validation_split(num_rows: int, fraction: float, seed: int) -> ValidationSplit:
+    """The split :func:`train_flow` uses for ``num_rows`` rows and ``seed``:
+    a random ``round(fraction * num_rows)`` rows (at least one) held out."""
+    generator = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(num_rows, generator=generator)
+    num_validation = max(1, int(round(fraction * num_rows)))
+    return ValidationSplit(order[:num_validation], order[num_validation:], generator)
+
+
 def adam(parameters: list[torch.nn.Parameter], learning_rate: float) -> torch.optim.Adam:
     """Adam with torch's fused CPU kernel where torch has one (2.4 and later).
 
@@ -204,16 +239,22 @@ def adam(parameters: list[torch.nn.Parameter], learning_rate: float) -> torch.op
         return torch.optim.Adam(parameters, lr=learning_rate, foreach=True)
 
 
+def negative_log_probs(flow: ConditionalFlow, z: Tensor, x: Tensor) -> Tensor:
+    """``-log q(z_i | x_i)`` per row, ``(n,)``, for ``z (n, d)``, ``x (n, *x_shape)``,
+    without autograd and in chunks that bound memory."""
+    flow.eval()
+    with torch.no_grad():
+        return torch.cat([
+            -flow.log_prob(z[start:start + _EVAL_CHUNK], x[start:start + _EVAL_CHUNK])
+            for start in range(0, z.shape[0], _EVAL_CHUNK)
+        ])
+
+
 def mean_negative_log_prob(flow: ConditionalFlow, z: Tensor, x: Tensor) -> float:
     """Mean of ``-log q(z | x)`` over paired rows ``z (n, d)``, ``x (n, *x_shape)``.
 
     Non-finite values (a diverged model) give ``inf``.
     """
-    flow.eval()
-    with torch.no_grad():
-        total = 0.0
-        for start in range(0, z.shape[0], _EVAL_CHUNK):
-            stop = start + _EVAL_CHUNK
-            total += float(flow.log_prob(z[start:stop], x[start:stop]).sum())
-    value = -total / z.shape[0]
+    losses = negative_log_probs(flow, z, x)
+    value = sum(float(part.sum()) for part in losses.split(_EVAL_CHUNK)) / z.shape[0]
     return value if math.isfinite(value) else math.inf
