@@ -34,6 +34,7 @@ from mfask.sequential import RoundInfo, SequentialWarning
 from mfask.study import Study, create_study, open_study
 from mfask.tickets import AskBatch
 from mfask.training import TrainingConfig, TrainingHistory
+from mfask.transfer_guard import TransferChoice
 
 __all__ = [
     "MultiFidelityPosterior",
@@ -52,6 +53,7 @@ __all__ = [
     "FlowConfig",
     "TrainingConfig",
     "TrainingHistory",
+    "TransferChoice",
     "AcquisitionConfig",
     "RoundInfo",
     "SequentialWarning",

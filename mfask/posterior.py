@@ -5,7 +5,10 @@ batches, the user runs their own simulator, ``tell`` gives the results back.
 Inside, the object keeps every ticket and result (:mod:`mfask.tickets`), and
 when a posterior is needed it trains one conditional flow per fidelity level,
 low to high, each level starting from the weights of the level below (MF-NPE);
-with one fidelity this is plain NPE.
+with one fidelity this is plain NPE. With the transfer guard (the default) a
+level above the lowest also trains networks on its own data alone and keeps
+the fine-tuned ones, those, or both by held-out loss
+(:mod:`mfask.transfer_guard`).
 
 Training is lazy: nothing is fitted on ``tell``; ``fit``, ``sample``,
 ``log_prob`` (and asks that depend on the posterior) bring the models up to
@@ -61,6 +64,7 @@ from mfask.tickets import (
     TicketLedger,
 )
 from mfask.training import EpochReport, TrainingConfig, TrainingHistory
+from mfask.transfer_guard import TransferChoice, compare_candidates
 from mfask.acquisition import AcquisitionConfig, resolve_acquisition
 from mfask.ensemble import train_members
 from mfask.sequential import FirstRound, ProposalContext, RoundInfo, SequentialConfig, SequentialState
@@ -101,13 +105,24 @@ class TellResult:
 class _Level:
     """The trained model of one fidelity level and how it came about."""
 
-    members: list[ConditionalFlow] | None = None
+    members: list[ConditionalFlow] | None = None  # trained by the MF chain (fine-tuned)
+    hf_only: list[ConditionalFlow] | None = None  # the transfer guard's HF-only candidate
+    choice: TransferChoice | None = None  # the guard's decision at the latest fit
     fit_count: int = 0  # how many times this level was trained
     trained_on: int = 0  # number of successful results at the last fit
     initialised_from: tuple[int, int] | None = None  # (lower level, its fit_count)
     histories: list[list[TrainingHistory]] = field(default_factory=list)
     density: PosteriorDensity | None = None  # the posterior of the latest fit (a cache)
     density_fit: int = -1  # the fit_count ``density`` was built at
+
+    def posterior_members(self) -> list[ConditionalFlow]:
+        """The networks whose equal-weight mixture is this level's posterior."""
+        members = self.members or []
+        if self.choice is None or self.hf_only is None or self.choice.chosen == "fine-tuned":
+            return list(members)
+        if self.choice.chosen == "hf-only":
+            return list(self.hf_only)
+        return [*members, *self.hf_only]
 
 
 class MultiFidelityPosterior:
@@ -142,6 +157,15 @@ class MultiFidelityPosterior:
             ``"unbounded"`` (the prior's bijection onto R^d, e.g. logit for a
             box; never leaks, the default of earlier versions); see
             :mod:`mfask.parameter_space` and ``docs/parameter_space.md``.
+        transfer_guard: for every level that starts from the level below,
+            also train ``ensemble_size`` networks on the level's data alone
+            and keep the fine-tuned networks, the HF-only ones, or both as a
+            mixture, by their paired held-out loss (so that a useless or
+            misleading low fidelity cannot leave the posterior worse than
+            NPE; see :mod:`mfask.transfer_guard` and
+            ``docs/transfer_guard.md``). Costs the HF-only training at each
+            such fit. ``False`` always keeps the fine-tuned networks (the
+            paper's MF-NPE).
         verbose: print training progress to standard error.
     """
 
@@ -158,6 +182,7 @@ class MultiFidelityPosterior:
         transfer_standardization: TransferStandardization = "refit",
         match_tolerance: float = 1e-5,
         parameter_space: ParameterSpaceName = "support",
+        transfer_guard: bool = True,
         verbose: bool = False,
     ) -> None:
         if not isinstance(prior, Prior):
@@ -177,6 +202,8 @@ class MultiFidelityPosterior:
                 "transfer_standardization must be 'refit' or 'keep'; got "
                 f"{transfer_standardization!r}"
             )
+        if not isinstance(transfer_guard, bool):
+            raise InvalidInputError(f"transfer_guard must be True or False; got {transfer_guard!r}")
         if not (isinstance(match_tolerance, (int, float)) and 0 <= match_tolerance < 1):
             raise InvalidInputError(f"match_tolerance must be in [0, 1); got {match_tolerance!r}")
         if embedding_net is not None and not isinstance(embedding_net, nn.Module):
@@ -197,6 +224,7 @@ class MultiFidelityPosterior:
         self.ensemble_size = ensemble_size
         self.transfer_standardization: TransferStandardization = transfer_standardization
         self.match_tolerance = float(match_tolerance)
+        self.transfer_guard = transfer_guard
         self.verbose = verbose
         self._embedding_template = embedding_net
         self._ledger = TicketLedger(prior.dim, self._used_columns)
@@ -664,7 +692,10 @@ class MultiFidelityPosterior:
         Trains every level up to ``fidelity`` (default: the highest with data)
         whose data or lower level changed since it was last trained; with
         ``force`` retrains them all. Returns the new training histories per
-        fidelity name (one per ensemble member).
+        fidelity name (one per network trained: the ensemble members, then,
+        with the transfer guard, the HF-only candidate's; each history says
+        whether its network was ``selected``; the decision itself is
+        :meth:`transfer_choice`).
         """
         top = self._top_level(fidelity)
         histories: dict[str, list[TrainingHistory]] = {}
@@ -708,7 +739,8 @@ class MultiFidelityPosterior:
         )
 
     def _train_level(self, level: int) -> list[TrainingHistory]:
-        """(Re)train the members of ``level``; returns their histories."""
+        """(Re)train the members of ``level`` (and, with the transfer guard,
+        its HF-only candidate, then choose); returns the new histories."""
         state = self._levels[level]
         theta, x = self._ledger.successful([level])
         z = self.space.to_flow(torch.from_numpy(theta)).to(torch.float32)
@@ -718,32 +750,60 @@ class MultiFidelityPosterior:
         count = self._member_count(level)
         if (state.members is not None and len(state.members) == count
                 and lower_key == state.initialised_from):
-            members = state.members  # warm start from this level's own weights
+            members, start = state.members, "warm"  # this level's own weights
         elif lower is not None:
             # a new ensemble size (acquisition) re-initialises the level: every
             # member starts from the same pre-trained weights, seeds differ
-            source = self._levels[lower].members
+            source = self._levels[lower].posterior_members()
             members = [copy.deepcopy(source[k % len(source)]) for k in range(count)]
+            start = "pre-trained"
             if self.transfer_standardization == "refit":
                 for member in members:
                     member.set_standardization(z, x32)
         else:
-            members = [self._new_flow(level, k) for k in range(count)]
-            for member in members:
-                member.set_standardization(z, x32)
+            members, start = self._fresh_members(level, count, z, x32), "fresh"
+        guarded = self.transfer_guard and lower is not None
+        hf_only: list[ConditionalFlow] = []
+        hf_start = ""
+        if guarded:
+            if state.hf_only is not None and len(state.hf_only) == count:
+                hf_only, hf_start = state.hf_only, "warm"
+            else:
+                hf_only, hf_start = self._fresh_members(level, count, z, x32), "fresh"
+        seeds = [self._stream_seed(2, level, state.fit_count, k) for k in range(count)]
         previous = state.histories[-1] if state.histories else None
-        members, histories = train_members(
-            members, z, x32, self.training_config,
-            [self._stream_seed(2, level, state.fit_count, k) for k in range(count)],
+        progress = [self._progress_printer(level, k, z.shape[0], "") for k in range(count)]
+        if guarded:
+            progress += [self._progress_printer(level, k, z.shape[0], "HF-only ") for k in range(count)]
+        trained, histories = train_members(
+            [*members, *hf_only], z, x32, self.training_config, seeds * (2 if guarded else 1),
             seconds_per_member=None if not previous else sum(h.seconds for h in previous) / len(previous),
-            progress=[self._progress_printer(level, k, z.shape[0]) for k in range(count)],
+            progress=progress,
         )
+        members, hf_only = trained[:count], trained[count:]
+        for k, history in enumerate(histories):
+            history.start = start if k < count else hf_start
+        choice = None
+        if guarded:
+            choice = compare_candidates(members, hf_only, z, x32, self.training_config, seeds)
+            for k, history in enumerate(histories):
+                history.candidate = "fine-tuned" if k < count else "hf-only"
+                history.selected = choice.chosen in ("blend", history.candidate)
         state.members = members
+        state.hf_only = hf_only if guarded else None
+        state.choice = choice
         state.fit_count += 1
         state.trained_on = z.shape[0]
         state.initialised_from = lower_key
         state.histories.append(histories)
         return histories
+
+    def _fresh_members(self, level: int, count: int, z: Tensor, x: Tensor) -> list[ConditionalFlow]:
+        """``count`` newly initialised flows standardised on ``z (n, d)``, ``x (n, *x_shape)``."""
+        members = [self._new_flow(level, k) for k in range(count)]
+        for member in members:
+            member.set_standardization(z, x)
+        return members
 
     def _new_flow(self, level: int, member: int) -> ConditionalFlow:
         """A freshly initialised flow, reproducibly seeded."""
@@ -758,11 +818,13 @@ class MultiFidelityPosterior:
                         module.reset_parameters()
             return ConditionalFlow(self.prior.dim, self._x_shape, self.flow_config, embedding)
 
-    def _progress_printer(self, level: int, member: int, count: int) -> Callable[[EpochReport], None] | None:
+    def _progress_printer(
+        self, level: int, member: int, count: int, kind: str
+    ) -> Callable[[EpochReport], None] | None:
         if not self.verbose:
             return None
         name = self.fidelity_names[level]
-        label = f"{name}" + (f" member {member}" if self._member_count(level) > 1 else "")
+        label = f"{kind}{name}" + (f" member {member}" if self._member_count(level) > 1 else "")
 
         def report(epoch: EpochReport) -> None:
             done = epoch.epochs_since_improvement >= self.training_config.stop_after_epochs
@@ -779,8 +841,16 @@ class MultiFidelityPosterior:
         return report
 
     def training_histories(self, fidelity: str) -> list[list[TrainingHistory]]:
-        """All training runs of a level: one list (per ensemble member) per fit."""
+        """All training runs of a level: one list per fit, one history per
+        network trained (the members; with the transfer guard then the
+        HF-only candidate's, see :attr:`TrainingHistory.candidate` and
+        :attr:`TrainingHistory.selected`)."""
         return list(self._levels[self._fidelity_index(fidelity)].histories)
+
+    def transfer_choice(self, fidelity: str) -> TransferChoice | None:
+        """The transfer guard's decision at the latest fit of a level (``None``
+        when the level was not trained with the guard, e.g. the lowest level)."""
+        return self._levels[self._fidelity_index(fidelity)].choice
 
     # ============================================================== posterior
     def posterior(self, fidelity: str | None = None) -> PosteriorDensity:
@@ -797,7 +867,7 @@ class MultiFidelityPosterior:
         # one density per fit, so that its per-observation support masses
         # (``"support"`` space) are estimated once, not on every call
         if state.density is None or state.density_fit != state.fit_count:
-            state.density = PosteriorDensity(self.prior, state.members or [], self.space)
+            state.density = PosteriorDensity(self.prior, state.posterior_members(), self.space)
             state.density_fit = state.fit_count
         return state.density
 
@@ -921,6 +991,7 @@ class MultiFidelityPosterior:
             "transfer_standardization": self.transfer_standardization,
             "match_tolerance": self.match_tolerance,
             "parameter_space": self.space.name,
+            "transfer_guard": self.transfer_guard,
             "has_embedding_net": self._embedding_template is not None,
             "x_shape": None if self._x_shape is None else list(self._x_shape),
             "round": self.round,
@@ -930,14 +1001,19 @@ class MultiFidelityPosterior:
         arrays["rng/ask"] = generator_to_array(self._ask_generator)
         arrays["rng/sample"] = generator_to_array(self._sample_generator)
         for level, state in enumerate(self._levels if models else ()):
+            # flows are stored as model/<level>/<k>/: the fine-tuned (or only)
+            # members first, then the transfer guard's HF-only candidate
+            flows = [*(state.members or []), *(state.hf_only or [])]
             meta["levels"].append({
-                "num_members": 0 if state.members is None else len(state.members),
+                "num_members": len(flows),
+                "num_hf_only": len(state.hf_only or []),
+                "choice": None if state.choice is None else state.choice.to_dict(),
                 "fit_count": state.fit_count,
                 "trained_on": state.trained_on,
                 "initialised_from": None if state.initialised_from is None else list(state.initialised_from),
                 "histories": [[h.to_dict() for h in fit] for fit in state.histories],
             })
-            for k, member in enumerate(state.members or []):
+            for k, member in enumerate(flows):
                 arrays.update(module_to_arrays(member, f"model/{level}/{k}/"))
         meta["sequential"], sequential_arrays = self._sequence.to_state()
         arrays.update({f"sequential/{k}": v for k, v in sequential_arrays.items()})
@@ -984,6 +1060,7 @@ class MultiFidelityPosterior:
                 transfer_standardization=meta["transfer_standardization"],
                 match_tolerance=float(meta["match_tolerance"]),
                 parameter_space=meta.get("parameter_space", "unbounded"),
+                transfer_guard=meta.get("transfer_guard", False),  # absent: saved before the guard
             )
             obj._x_shape = None if meta["x_shape"] is None else tuple(int(s) for s in meta["x_shape"])
             obj.round = int(meta["round"])
@@ -1003,13 +1080,17 @@ class MultiFidelityPosterior:
                 state.initialised_from = None if origin is None else (int(origin[0]), int(origin[1]))
                 state.histories = [[TrainingHistory(**h) for h in fit] for fit in saved["histories"]]
                 if saved["num_members"]:
-                    members = []
+                    flows = []
                     for k in range(int(saved["num_members"])):
                         member = obj._new_flow(level, k)
                         load_module_arrays(member, arrays, f"model/{level}/{k}/")
                         member.eval()
-                        members.append(member)
-                    state.members = members
+                        flows.append(member)
+                    num_hf_only = int(saved.get("num_hf_only", 0))
+                    state.members = flows[:len(flows) - num_hf_only]
+                    state.hf_only = flows[len(flows) - num_hf_only:] if num_hf_only else None
+                if saved.get("choice") is not None:
+                    state.choice = TransferChoice.from_dict(saved["choice"])
         except StateFormatError:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as error:

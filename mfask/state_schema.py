@@ -23,6 +23,7 @@ import numpy as np
 from mfask.errors import InvalidInputError, StateFormatError
 from mfask.estimator import FlowConfig
 from mfask.tickets import DONE, SOURCES, STATUSES
+from mfask.transfer_guard import TransferChoice
 
 __all__ = ["StateLimits", "LIMITS", "check_state", "check_sizes"]
 
@@ -90,10 +91,20 @@ def check_state(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, em
         raise StateFormatError(f"the state has {len(levels)} trained levels for {len(fidelities)} fidelities")
     for key in ("round", "seed"):
         _integer(meta, key, 0)
-    members = [_integer(level, "num_members", 0, LIMITS.max_ensemble_size) for level in levels]
-    for level in levels:
+    # a level stores its members and, with the transfer guard, as many HF-only networks
+    members = [_integer(level, "num_members", 0, 2 * LIMITS.max_ensemble_size) for level in levels]
+    for level, count in zip(levels, members):
         _integer(level, "fit_count", 0)
         _integer(level, "trained_on", 0)
+        if "num_hf_only" in level:
+            hf_only = _integer(level, "num_hf_only", 0, count)
+            if hf_only and 2 * hf_only != count:
+                raise StateFormatError(
+                    f"a level stores {count} flows of which {hf_only} HF-only; expected as many "
+                    "HF-only networks as members"
+                )
+        if level.get("choice") is not None:
+            TransferChoice.from_dict(level["choice"])
     sequential = meta.get("sequential")
     if isinstance(sequential, Mapping) and "ensemble_members" in sequential:
         _integer(sequential, "ensemble_members", 0, LIMITS.max_ensemble_size)

@@ -440,7 +440,10 @@ def test_save_load_restores_exact_state(tmp_path, trained_posterior):
     # the pending tickets can be told after the reload, by value
     loaded.tell(pending.theta, simulate(pending.theta), "high")
     assert loaded.num_simulations("high") == 23
-    assert [len(h) for h in loaded.training_histories("high")] == [1]
+    # one fit of the top level: the fine-tuned network and the guard's HF-only one
+    assert [[h.candidate for h in fit] for fit in loaded.training_histories("high")] == [
+        ["fine-tuned", "hf-only"]
+    ]
     assert list(loaded.fit()) == ["high"]  # the new results retrain the top level only
 
 

@@ -1,0 +1,166 @@
+"""The transfer guard: a fine-tuned level is never trusted blindly.
+
+MF-NPE starts a level from the weights of the level below and fine-tunes
+them on the level's own data. When the lower fidelity is useless (its output
+carries no information about the parameters) or misleading (its posterior
+excludes the truth), that start can leave the fine-tuned network worse than
+one trained on the level's data alone, i.e. worse than plain NPE. The guard
+trains both candidates on the same data:
+
+* the **fine-tuned** members (from the lower level's weights, or from this
+  level's previous fine-tuned weights), and
+* the same number of **HF-only** members (fresh weights, or this level's
+  previous HF-only weights), i.e. what NPE would train;
+
+member ``k`` of both uses the same training seed, so both hold out the same
+validation rows. On those rows the guard compares the candidates pairwise:
+``d_i = -log q_fine(z_i | x_i) + log q_hf(z_i | x_i)``, with mean ``d`` and
+standard error ``se = sd(d_i) / sqrt(m)`` over the ``m`` held-out rows (all
+members' rows pooled).
+
+* ``d < -THRESHOLD * se``: the fine-tuned members are clearly better: keep them.
+* ``d > THRESHOLD * se``: the HF-only members are clearly better: keep them.
+* otherwise (a tie within noise, including fewer than ``MIN_ROWS`` rows):
+  **blend**: the posterior is the equal-weight mixture of both candidates'
+  members.
+
+Why this rule. Selecting the lower validation loss outright would select on
+noise at the small budgets MF-NPE is for (5 held-out rows at 50
+simulations): a paired difference within two standard errors is, in the
+normal approximation, what two equally good networks produce about 95% of the
+time. On such a tie the mixture is the safe answer: its log-density is never
+below ``log(1/2)`` plus the better candidate's, so on every row it is within
+``log 2`` nats of the better network, and when both are good it acts as an
+ensemble of two. Both candidates were early-stopped on the same rows, which
+biases both validation losses downwards by a similar amount; the comparison
+is between them, not an estimate of either's test loss.
+
+Shapes: ``z`` is ``(n, d)`` float32 in flow space; ``x`` is
+``(n, *x_shape)`` float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from mfask.errors import StateFormatError
+from mfask.estimator import ConditionalFlow
+from mfask.training import TrainingConfig, negative_log_probs, validation_split
+
+__all__ = ["TransferChoice", "Chosen", "CHOICES", "THRESHOLD", "MIN_ROWS", "choose", "compare_candidates"]
+
+Chosen = Literal["fine-tuned", "hf-only", "blend"]
+#: the guard's possible decisions
+CHOICES: tuple[str, ...] = ("fine-tuned", "hf-only", "blend")
+
+#: standard errors by which one candidate must beat the other to be chosen alone
+THRESHOLD = 2.0
+#: below this many held-out rows the guard always blends (no usable standard error)
+MIN_ROWS = 3
+
+
+@dataclass(frozen=True)
+class TransferChoice:
+    """What the guard decided at one fit of a level, and on what evidence.
+
+    Attributes:
+        chosen: ``"fine-tuned"``, ``"hf-only"`` or ``"blend"``.
+        fine_tuned_loss: mean held-out ``-log q`` of the fine-tuned members.
+        hf_only_loss: the same for the HF-only members.
+        difference: mean paired difference, fine-tuned minus HF-only
+            (negative: the fine-tuned members are better).
+        standard_error: standard error of ``difference``.
+        num_rows: held-out rows compared (pooled over members).
+    """
+
+    chosen: Chosen
+    fine_tuned_loss: float
+    hf_only_loss: float
+    difference: float
+    standard_error: float
+    num_rows: int
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-compatible form (non-finite numbers as ``None``)."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: object) -> "TransferChoice":
+        """Inverse of :meth:`to_dict`; raises :class:`StateFormatError` on bad input."""
+        if not isinstance(values, dict) or values.get("chosen") not in CHOICES:
+            raise StateFormatError(f"malformed transfer choice: {values!r}")
+        try:
+            floats = {name: math.nan if values.get(name) is None else float(values[name])
+                      for name in ("fine_tuned_loss", "hf_only_loss", "difference", "standard_error")}
+            rows = values["num_rows"]
+            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+                raise ValueError("num_rows must be a non-negative integer")
+        except (KeyError, TypeError, ValueError) as error:
+            raise StateFormatError(f"malformed transfer choice: {error}") from None
+        return cls(chosen=values["chosen"], num_rows=rows, **floats)
+
+
+def choose(fine_tuned: Tensor, hf_only: Tensor) -> TransferChoice:
+    """Apply the guard's rule to per-row held-out losses of both candidates.
+
+    Arguments:
+        fine_tuned: ``(m,)`` ``-log q`` of the fine-tuned members on their
+            held-out rows.
+        hf_only: ``(m,)`` the same rows under the HF-only members.
+
+    A candidate with a non-finite loss (a diverged network) loses to one whose
+    losses are all finite; if both have one, the guard blends.
+    """
+    fine_tuned, hf_only = fine_tuned.double(), hf_only.double()
+    rows = int(fine_tuned.shape[0])
+    fine_ok, hf_ok = bool(torch.isfinite(fine_tuned).all()), bool(torch.isfinite(hf_only).all())
+    fine_loss = float(fine_tuned.mean()) if fine_ok else math.inf
+    hf_loss = float(hf_only.mean()) if hf_ok else math.inf
+    if not (fine_ok and hf_ok):
+        chosen: Chosen = "hf-only" if hf_ok else "fine-tuned" if fine_ok else "blend"
+        return TransferChoice(chosen, fine_loss, hf_loss, math.nan, math.nan, rows)
+    differences = fine_tuned - hf_only
+    difference = float(differences.mean())
+    error = float(differences.std(unbiased=True) / math.sqrt(rows)) if rows >= 2 else math.inf
+    if rows < MIN_ROWS:
+        chosen = "blend"
+    elif difference < -THRESHOLD * error:
+        chosen = "fine-tuned"
+    elif difference > THRESHOLD * error:
+        chosen = "hf-only"
+    else:
+        chosen = "blend"
+    return TransferChoice(chosen, fine_loss, hf_loss, difference, error, rows)
+
+
+def compare_candidates(
+    fine_tuned: Sequence[ConditionalFlow],
+    hf_only: Sequence[ConditionalFlow],
+    z: Tensor,
+    x: Tensor,
+    config: TrainingConfig,
+    seeds: Sequence[int],
+) -> TransferChoice:
+    """Score both candidates on the rows each member pair held out, and choose.
+
+    Arguments:
+        fine_tuned: ``K`` trained fine-tuned members.
+        hf_only: ``K`` trained HF-only members; member ``k`` of both was
+            trained with ``seeds[k]``.
+        z: ``(n, d)`` the level's training parameters (flow space).
+        x: ``(n, *x_shape)`` the level's training outputs.
+        config: the training settings used (for the validation fraction).
+        seeds: ``K`` training seeds.
+    """
+    losses_fine, losses_hf = [], []
+    for fine, hf, seed in zip(fine_tuned, hf_only, seeds):
+        held_out = validation_split(z.shape[0], config.validation_fraction, int(seed)).validation
+        losses_fine.append(negative_log_probs(fine, z[held_out], x[held_out]))
+        losses_hf.append(negative_log_probs(hf, z[held_out], x[held_out]))
+    return choose(torch.cat(losses_fine), torch.cat(losses_hf))
