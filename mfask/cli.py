@@ -397,11 +397,18 @@ def _fit(args: argparse.Namespace) -> int:
     _print_json({
         "trained": {
             name: [
-                {"epochs": h.epochs, "best_validation_loss": _finite(h.best_validation_loss)}
+                {
+                    "epochs": h.epochs,
+                    "best_validation_loss": _finite(h.best_validation_loss),
+                    "start": h.start,
+                    "candidate": h.candidate,
+                    "selected": h.selected,
+                }
                 for h in members
             ]
             for name, members in histories.items()
         },
+        "transfer": {name: status["transfer"][name] for name in histories},
         "up_to_date": not histories,
         "checkpoints": status["checkpoints"],
     })

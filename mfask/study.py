@@ -428,7 +428,9 @@ class Study:
 
     def status(self) -> dict[str, Any]:
         """A JSON-compatible summary: counts per fidelity and status, oldest
-        pending ticket, checkpoints, training lock holder, file size."""
+        pending ticket, checkpoints, training lock holder, file size, and per
+        fidelity the transfer guard's latest decision (``"transfer"``: a
+        :meth:`TransferChoice.to_dict` or ``None``)."""
         with self._store.transaction(write=False):
             self._sync(tickets=False)
             counts: dict[tuple[str, str], int] = {}
@@ -456,6 +458,10 @@ class Study:
             "checkpoints": checkpoints,
             "trained": {
                 name: len(post.training_histories(name)) > 0 for name in post.fidelity_names
+            },
+            "transfer": {
+                name: None if (choice := post.transfer_choice(name)) is None else choice.to_dict()
+                for name in post.fidelity_names
             },
             "training_lock": self._lock.holder(),
             "revision": revision,

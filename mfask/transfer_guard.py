@@ -18,22 +18,27 @@ validation rows. On those rows the guard compares the candidates pairwise:
 standard error ``se = sd(d_i) / sqrt(m)`` over the ``m`` held-out rows (all
 members' rows pooled).
 
-* ``d < -THRESHOLD * se``: the fine-tuned members are clearly better: keep them.
-* ``d > THRESHOLD * se``: the HF-only members are clearly better: keep them.
+* ``d < -t * se``: the fine-tuned members are clearly better: keep them.
+* ``d > t * se``: the HF-only members are clearly better: keep them.
 * otherwise (a tie within noise, including fewer than ``MIN_ROWS`` rows):
   **blend**: the posterior is the equal-weight mixture of both candidates'
   members.
 
+Here ``t`` is the two-sided ``1 - ALPHA`` quantile of Student's t with
+``m - 1`` degrees of freedom (2.78 at 5 rows, 2.26 at 10, 2.02 at 40, 1.96
+in the limit): a paired t-test at level ``ALPHA = 0.05``.
+
 Why this rule. Selecting the lower validation loss outright would select on
 noise at the small budgets MF-NPE is for (5 held-out rows at 50
-simulations): a paired difference within two standard errors is, in the
-normal approximation, what two equally good networks produce about 95% of the
-time. On such a tie the mixture is the safe answer: its log-density is never
-below ``log(1/2)`` plus the better candidate's, so on every row it is within
-``log 2`` nats of the better network, and when both are good it acts as an
-ensemble of two. Both candidates were early-stopped on the same rows, which
-biases both validation losses downwards by a similar amount; the comparison
-is between them, not an estimate of either's test loss.
+simulations). Two equally good networks pass the test only ``ALPHA`` of the
+time; with a handful of rows the t quantile, not the normal one, gives that
+rate (the standard error itself is estimated from those rows). On a tie the
+mixture is the safe answer: its log-density is never below ``log(1/2)`` plus
+the better candidate's, so on every row it is within ``log 2`` nats of the
+better network, and when both are good it acts as an ensemble of two. Both
+candidates were early-stopped on the same rows, which biases both
+validation losses downwards; the comparison is between them, not an
+estimate of either's test loss.
 
 Shapes: ``z`` is ``(n, d)`` float32 in flow space; ``x`` is
 ``(n, *x_shape)`` float32.
@@ -46,20 +51,24 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
 import torch
+from scipy.stats import t as student_t
 from torch import Tensor
 
 from mfask.errors import StateFormatError
 from mfask.estimator import ConditionalFlow
 from mfask.training import TrainingConfig, negative_log_probs, validation_split
 
-__all__ = ["TransferChoice", "Chosen", "CHOICES", "THRESHOLD", "MIN_ROWS", "choose", "compare_candidates"]
+__all__ = [
+    "TransferChoice", "Chosen", "CHOICES", "ALPHA", "MIN_ROWS", "critical_value", "choose",
+    "compare_candidates",
+]
 
 Chosen = Literal["fine-tuned", "hf-only", "blend"]
 #: the guard's possible decisions
 CHOICES: tuple[str, ...] = ("fine-tuned", "hf-only", "blend")
 
-#: standard errors by which one candidate must beat the other to be chosen alone
-THRESHOLD = 2.0
+#: level of the paired t-test one candidate must pass to be chosen alone
+ALPHA = 0.05
 #: below this many held-out rows the guard always blends (no usable standard error)
 MIN_ROWS = 3
 
@@ -106,6 +115,15 @@ class TransferChoice:
         return cls(chosen=values["chosen"], num_rows=rows, **floats)
 
 
+def critical_value(num_rows: int) -> float:
+    """Standard errors by which one candidate must beat the other on
+    ``num_rows`` paired rows: the two-sided ``1 - ALPHA`` Student-t quantile
+    with ``num_rows - 1`` degrees of freedom (``inf`` below 2 rows)."""
+    if num_rows < 2:
+        return math.inf
+    return float(student_t.ppf(1.0 - ALPHA / 2.0, num_rows - 1))
+
+
 def choose(fine_tuned: Tensor, hf_only: Tensor) -> TransferChoice:
     """Apply the guard's rule to per-row held-out losses of both candidates.
 
@@ -128,11 +146,12 @@ def choose(fine_tuned: Tensor, hf_only: Tensor) -> TransferChoice:
     differences = fine_tuned - hf_only
     difference = float(differences.mean())
     error = float(differences.std(unbiased=True) / math.sqrt(rows)) if rows >= 2 else math.inf
+    threshold = critical_value(rows)
     if rows < MIN_ROWS:
         chosen = "blend"
-    elif difference < -THRESHOLD * error:
+    elif difference < -threshold * error:
         chosen = "fine-tuned"
-    elif difference > THRESHOLD * error:
+    elif difference > threshold * error:
         chosen = "hf-only"
     else:
         chosen = "blend"

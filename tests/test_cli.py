@@ -103,7 +103,15 @@ def test_round_trip_init_ask_tell_fit_sample_export(study_file, tmp_path, capsys
 
     code, out, _ = run_cli(capsys, "fit", study_file)
     assert code == 0
-    assert set(json.loads(out)["trained"]) == {"low", "high"}
+    fitted = json.loads(out)
+    assert set(fitted["trained"]) == {"low", "high"}
+    # the high level trained a fine-tuned and an HF-only network; with one
+    # held-out row of 4 the transfer guard cannot tell them apart: it blends
+    assert [(h["start"], h["candidate"], h["selected"]) for h in fitted["trained"]["high"]] == [
+        ("pre-trained", "fine-tuned", True), ("fresh", "hf-only", True)
+    ]
+    assert fitted["transfer"]["low"] is None
+    assert fitted["transfer"]["high"]["chosen"] == "blend" and fitted["transfer"]["high"]["num_rows"] == 1
     code, out, _ = run_cli(capsys, "sample", study_file, "-n", 7, "--x", "1.5,0.5")
     assert code == 0
     samples = np.array([[float(r["mu"]), float(r["sigma"])] for r in read_csv(out)])
@@ -114,6 +122,7 @@ def test_round_trip_init_ask_tell_fit_sample_export(study_file, tmp_path, capsys
     status = json.loads(out)
     assert status["tickets"]["low"] == {"pending": 0, "done": 29, "failed": 1, "abandoned": 0}
     assert status["tickets"]["high"]["done"] == 4 and status["checkpoints"] == 1
+    assert status["transfer"] == fitted["transfer"]
 
     assert run_cli(capsys, "export", study_file, "-o", tmp_path / "all.csv")[0] == 0
     exported = read_csv((tmp_path / "all.csv").read_text())
