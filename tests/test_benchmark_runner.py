@@ -62,7 +62,8 @@ def test_quick_preset_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert len({entry["seconds"] for entry in shared}) == 1 and shared[0]["seconds"] > 0
     page = (report / "ou.md").read_text()
     # rows carry the tag of the settings that differ from the original ones (the defaults since)
-    assert "| method | HF 50 |" in page and "mf-npe [support, linear std] (LF 200)" in page
+    assert "| method | HF 50 |" in page and "mf-npe [support, linear std, guard] (LF 200)" in page
+    assert "| npe [support, linear std] |" in page  # the guard cannot act on one level: not a variant
     assert "(1)" in page
     assert (report / "ou.png").stat().st_size > 1000
 
@@ -103,6 +104,13 @@ def test_plan_gives_single_fidelity_methods_one_low_budget():
     assert {job.low for job in jobs if job.method == "npe"} == {0}
     assert sum(job.method == "mf-npe" for job in jobs) == 2 * 2 * 2
     assert len({job.key for job in jobs}) == len(jobs)
+    # the guard acts only where a level is transferred: NPE's jobs record it
+    # off, so they are the same jobs whichever guard setting MF-NPE runs with
+    assert {job.config.transfer_guard for job in jobs} == {False, True}
+    assert all(job.config.transfer_guard == (job.method == "mf-npe") for job in jobs)
+    unguarded = plan_jobs(["ou"], ["npe"], [100], [50], [0], config=MethodConfig(transfer_guard=False))
+    assert unguarded[0].key == next(job.key for job in jobs if job.method == "npe" and job.high == 50
+                                    and job.seed == 0)
 
 
 def test_npe_and_mf_npe_see_the_same_high_fidelity_data():
@@ -238,12 +246,15 @@ def test_report_tags_rows_by_the_settings_they_ran_with() -> None:
     def row(config: MethodConfig) -> dict:
         return {"config": config.to_dict()}
 
-    legacy = MethodConfig(parameter_space="unbounded",
+    legacy = MethodConfig(parameter_space="unbounded", transfer_guard=False,
                           flow=FlowConfig(conditional_standardization=False))
     assert variant(row(legacy)) == ""
-    linear = MethodConfig(parameter_space="support", flow=FlowConfig(conditional_standardization=True))
+    assert variant(row(MethodConfig.from_dict(legacy.to_dict()))) == ""
+    linear = MethodConfig(parameter_space="support", flow=FlowConfig(conditional_standardization=True),
+                          transfer_guard=False)
     assert variant(row(linear)) == "support, linear std"
-    sbi = MethodConfig(parameter_space="support",
+    assert variant(row(MethodConfig(parameter_space="support"))) == "support, linear std, guard"
+    sbi = MethodConfig(parameter_space="support", transfer_guard=False,
                        flow=FlowConfig(conditional_standardization=True, layout="sbi"))
     assert variant(row(sbi)) == "support, linear std, sbi layout"
     assert variant({"config": {}}) == ""  # rows written before the options existed

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "output": "results/benchmarks.jsonl", "n_jobs": 1, "threads_per_job": 1,
     "rounds": MethodConfig.num_rounds, "ensemble_size": MethodConfig.ensemble_size,
     "abc_quantile": MethodConfig.abc_quantile, "parameter_space": MethodConfig.parameter_space,
-    "flow_layout": FlowConfig.layout,
+    "flow_layout": FlowConfig.layout, "transfer_guard": MethodConfig.transfer_guard,
     "standardization": "linear" if FlowConfig.conditional_standardization else "marginal",
     "hidden_features": FlowConfig.hidden_features, "num_transforms": FlowConfig.num_transforms,
     "max_epochs": TrainingConfig.max_epochs, "report_dir": "docs/benchmarks/results",
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--abc-quantile", type=float, help="MF-ABC acceptance quantile")
     add("--parameter-space", choices=PARAMETER_SPACES,
         help=f"space the neural methods' flows learn in (default: {MethodConfig.parameter_space})")
+    add("--transfer-guard", choices=("on", "off"), type=str,
+        help="MF methods choose between the fine-tuned and an HF-only network "
+        f"(MultiFidelityPosterior(transfer_guard=...); default: {'on' if MethodConfig.transfer_guard else 'off'})")
     add("--flow-layout", choices=FLOW_LAYOUTS,
         help=f"layout of the flow's stack (default: {FlowConfig.layout})")
     add("--standardization", choices=("marginal", "linear"),
@@ -122,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensemble_size=v["ensemble_size"],
         abc_quantile=v["abc_quantile"],
         parameter_space=v["parameter_space"],
+        transfer_guard=v["transfer_guard"] in (True, "on"),
     )
     jobs = plan_jobs(
         v["task"], v["methods"], v["low"], v["high"], v["seeds"],

@@ -132,6 +132,10 @@ class MethodConfig:
         abc_quantile: acceptance quantile of MF-ABC for both thresholds.
         parameter_space: the space the neural methods' flows learn in
             (``MultiFidelityPosterior(parameter_space=...)``).
+        transfer_guard: whether transferred levels choose between the
+            fine-tuned and an HF-only network
+            (``MultiFidelityPosterior(transfer_guard=...)``; it has no effect
+            on single-level methods, whose jobs record it off).
     """
 
     flow: FlowConfig = FlowConfig()
@@ -140,6 +144,7 @@ class MethodConfig:
     ensemble_size: int = 5
     abc_quantile: float = 0.1
     parameter_space: ParameterSpaceName = "support"
+    transfer_guard: bool = True
 
     def __post_init__(self) -> None:
         if self.parameter_space not in PARAMETER_SPACES:
@@ -151,13 +156,15 @@ class MethodConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form. Settings added after results were first
         published appear only when they differ from the behaviour before them
-        (``parameter_space="unbounded"``), so the keys of jobs (and
+        (``parameter_space="unbounded"``, ``transfer_guard=False``), so the keys of jobs (and
         pre-trainings) recorded before them stay valid; :meth:`from_dict`
         reads an absent setting as that behaviour."""
         values = asdict(self)
         values["flow"] = self.flow.to_dict()
         if values["parameter_space"] == "unbounded":
             del values["parameter_space"]
+        if not values["transfer_guard"]:
+            del values["transfer_guard"]
         return values
 
     @classmethod
@@ -166,6 +173,7 @@ class MethodConfig:
         values = dict(data)
         values["flow"] = FlowConfig.from_dict(values.get("flow", {}))
         values.setdefault("parameter_space", "unbounded")  # absent: recorded before the option
+        values.setdefault("transfer_guard", False)  # likewise
         values["training"] = TrainingConfig(**values.get("training", {}))
         return cls(**values)
 
@@ -293,6 +301,7 @@ def _new_posterior(task: Task, fidelities: Sequence[str], seed: int, config: Met
         training=config.training,
         embedding_net=embedding_for(task),
         parameter_space=config.parameter_space,
+        transfer_guard=config.transfer_guard,
         **kwargs,
     )
 

@@ -66,9 +66,9 @@ class Cell:
 
 def variant(row: dict[str, Any]) -> str:
     """The row's flow settings that differ from the original ones (the
-    unbounded space, marginal standardisation, the mfask layout) as a short
-    tag: ``""``, or parts among ``"support"``, ``"linear std"`` and
-    ``"sbi layout"`` joined by commas. Rows keep the tag they were run with
+    unbounded space, marginal standardisation, the mfask layout, no transfer
+    guard) as a short tag: ``""``, or parts among ``"support"``,
+    ``"linear std"``, ``"sbi layout"`` and ``"guard"`` joined by commas. Rows keep the tag they were run with
     whatever the current defaults are, so results of different settings are
     never pooled."""
     config = row.get("config", {})
@@ -80,6 +80,8 @@ def variant(row: dict[str, Any]) -> str:
         parts.append("linear std")
     if flow.get("layout", "mfask") != "mfask":
         parts.append(f"{flow['layout']} layout")
+    if config.get("transfer_guard", False):
+        parts.append("guard")
     return ", ".join(parts)
 
 

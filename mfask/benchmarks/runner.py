@@ -37,7 +37,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence, TextIO
 
@@ -117,7 +117,9 @@ def plan_jobs(
     """The job grid: every task x method x LF budget x HF budget x seed.
 
     Methods that do not use the low fidelity get one job per HF budget and
-    seed, with ``low = 0``. Raises :class:`InvalidInputError` for unknown
+    seed, with ``low = 0``; methods without a transferred level record
+    ``transfer_guard=False`` (it cannot act there), so their jobs are the same
+    whichever guard setting the MF methods use. Raises :class:`InvalidInputError` for unknown
     tasks or methods (before anything runs).
     """
     for task in tasks:
@@ -130,7 +132,8 @@ def plan_jobs(
                 for high in sorted(set(highs)):
                     for seed in seeds:
                         jobs.append(Job(task, method, int(low), int(high), int(seed),
-                                        num_observations, observation_seed, num_samples, config))
+                                        num_observations, observation_seed, num_samples,
+                                        config if entry.pretrains else replace(config, transfer_guard=False)))
     return jobs
 
 
