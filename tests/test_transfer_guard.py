@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,3 +332,10 @@ def test_with_a_useless_low_fidelity_the_guard_stays_within_noise_of_npe():
 
     assert within_noise(guarded_gap), guarded_gap
     assert not within_noise(unguarded_gap), unguarded_gap
+
+
+def test_the_example_runs():
+    script = Path(__file__).resolve().parents[1] / "examples" / "transfer_guard.py"
+    done = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "guard's decision at 'high'" in done.stdout and "MF-NPE, transfer_guard=True" in done.stdout
