@@ -124,6 +124,15 @@ class _Level:
             return list(self.hf_only)
         return [*members, *self.hf_only]
 
+    def transfer_sources(self) -> list[ConditionalFlow]:
+        """The networks the level above starts from: the kept candidate, or
+        for a blend the one with the lower held-out loss (the level above
+        has as many networks as one candidate, not both)."""
+        if self.choice is None or self.hf_only is None or self.choice.chosen != "blend":
+            return self.posterior_members()
+        better_is_hf = self.choice.hf_only_loss < self.choice.fine_tuned_loss
+        return list(self.hf_only) if better_is_hf else list(self.members or [])
+
 
 class MultiFidelityPosterior:
     """Multi-fidelity neural posterior estimation driven by ask/tell.
@@ -754,7 +763,7 @@ class MultiFidelityPosterior:
         elif lower is not None:
             # a new ensemble size (acquisition) re-initialises the level: every
             # member starts from the same pre-trained weights, seeds differ
-            source = self._levels[lower].posterior_members()
+            source = self._levels[lower].transfer_sources()
             members = [copy.deepcopy(source[k % len(source)]) for k in range(count)]
             start = "pre-trained"
             if self.transfer_standardization == "refit":
