@@ -8,7 +8,8 @@ apart. The script prints the decision, what each trained network was, and
 the held-out NLL of NPE, unguarded MF-NPE and guarded MF-NPE on the same
 high-fidelity data.
 
-Run: ``python examples/transfer_guard.py`` (about a minute on two cores;
+Run: ``python examples/transfer_guard.py`` (two to three minutes on two cores,
+most of it scoring 500 test pairs;
 ``--quick`` for a smoke run of a few seconds).
 """
 
