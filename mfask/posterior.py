@@ -169,7 +169,8 @@ class MultiFidelityPosterior:
         transfer_guard: for every level that starts from the level below,
             also train ``ensemble_size`` networks on the level's data alone
             and keep the fine-tuned networks, the HF-only ones, or both as a
-            mixture, by their paired held-out loss (so that a useless or
+            mixture, by their paired loss on a guard share of the level's
+            rows that neither trains on (so that a useless or
             misleading low fidelity cannot leave the posterior worse than
             NPE; see :mod:`mfask.transfer_guard` and
             ``docs/transfer_guard.md``). Costs the HF-only training at each
