@@ -64,7 +64,7 @@ from mfask.tickets import (
     TicketLedger,
 )
 from mfask.training import EpochReport, TrainingConfig, TrainingHistory
-from mfask.transfer_guard import TransferChoice, compare_candidates
+from mfask.transfer_guard import TransferChoice, compare_candidates, guard_share
 from mfask.acquisition import AcquisitionConfig, resolve_acquisition
 from mfask.ensemble import train_members
 from mfask.sequential import FirstRound, ProposalContext, RoundInfo, SequentialConfig, SequentialState
@@ -169,7 +169,8 @@ class MultiFidelityPosterior:
         transfer_guard: for every level that starts from the level below,
             also train ``ensemble_size`` networks on the level's data alone
             and keep the fine-tuned networks, the HF-only ones, or both as a
-            mixture, by their paired held-out loss (so that a useless or
+            mixture, by their paired loss on a guard share of the level's
+            rows that neither trains on (so that a useless or
             misleading low fidelity cannot leave the posterior worse than
             NPE; see :mod:`mfask.transfer_guard` and
             ``docs/transfer_guard.md``). Costs the HF-only training at each
@@ -781,11 +782,19 @@ class MultiFidelityPosterior:
                 hf_only, hf_start = self._fresh_members(level, count, z, x32), "fresh"
         seeds = [self._stream_seed(2, level, state.fit_count, k) for k in range(count)]
         previous = state.histories[-1] if state.histories else None
-        progress = [self._progress_printer(level, k, z.shape[0], "") for k in range(count)]
+        fit_rows = torch.arange(z.shape[0])
+        if guarded:  # rows neither candidate trains or early-stops on, to choose between them
+            guard_rows, fit_rows = guard_share(
+                z.shape[0], self.training_config.validation_fraction,
+                self._stream_seed(5, level, state.fit_count, 0),  # three keys: not a round's (5, sequence, round)
+            )
+        num_fit = int(fit_rows.shape[0])
+        progress = [self._progress_printer(level, k, num_fit, "") for k in range(count)]
         if guarded:
-            progress += [self._progress_printer(level, k, z.shape[0], "HF-only ") for k in range(count)]
+            progress += [self._progress_printer(level, k, num_fit, "HF-only ") for k in range(count)]
         trained, histories = train_members(
-            [*members, *hf_only], z, x32, self.training_config, seeds * (2 if guarded else 1),
+            [*members, *hf_only], z[fit_rows], x32[fit_rows], self.training_config,
+            seeds * (2 if guarded else 1),
             seconds_per_member=None if not previous else sum(h.seconds for h in previous) / len(previous),
             progress=progress,
         )
@@ -794,7 +803,7 @@ class MultiFidelityPosterior:
             history.start = start if k < count else hf_start
         choice = None
         if guarded:
-            choice = compare_candidates(members, hf_only, z, x32, self.training_config, seeds)
+            choice = compare_candidates(members, hf_only, z[guard_rows], x32[guard_rows])
             for k, history in enumerate(histories):
                 history.candidate = "fine-tuned" if k < count else "hf-only"
                 history.selected = choice.chosen in ("blend", history.candidate)

@@ -10,13 +10,15 @@ trains both candidates on the same data:
 * the **fine-tuned** members (from the lower level's weights, or from this
   level's previous fine-tuned weights), and
 * the same number of **HF-only** members (fresh weights, or this level's
-  previous HF-only weights), i.e. what NPE would train;
+  previous HF-only weights), i.e. what NPE would train.
 
-member ``k`` of both uses the same training seed, so both hold out the same
-validation rows. On those rows the guard compares the candidates pairwise:
-``d_i = -log q_fine(z_i | x_i) + log q_hf(z_i | x_i)``, with mean ``d`` and
-standard error ``se = sd(d_i) / sqrt(m)`` over the ``m`` held-out rows (all
-members' rows pooled).
+Before training, a **guard share** of the level's rows (the training
+config's ``validation_fraction``, at least one row) is set aside: neither
+candidate trains on it or early-stops on it, so it scores both without the
+optimism of rows that chose the early-stopping epoch. On those ``m`` rows the
+guard compares the candidates (each as the equal-weight mixture of its
+members) pairwise: ``d_i = -log q_fine(z_i | x_i) + log q_hf(z_i | x_i)``,
+with mean ``d`` and standard error ``se = sd(d_i) / sqrt(m)``.
 
 * ``d < -t * se``: the fine-tuned members are clearly better: keep them.
 * ``d > t * se``: the HF-only members are clearly better: keep them.
@@ -35,10 +37,11 @@ time; with a handful of rows the t quantile, not the normal one, gives that
 rate (the standard error itself is estimated from those rows). On a tie the
 mixture is the safe answer: its log-density is never below ``log(1/2)`` plus
 the better candidate's, so on every row it is within ``log 2`` nats of the
-better network, and when both are good it acts as an ensemble of two. Both
-candidates were early-stopped on the same rows, which biases both
-validation losses downwards; the comparison is between them, not an
-estimate of either's test loss.
+better network, and when both are good it acts as an ensemble of two. Why a
+separate share: the rows that chose a network's early-stopping epoch score
+it optimistically, and not by the same amount for both candidates (a
+fine-tuned network scored a nat better on them than on test data, see
+``docs/transfer_guard.md``).
 
 Shapes: ``z`` is ``(n, d)`` float32 in flow space; ``x`` is
 ``(n, *x_shape)`` float32.
@@ -56,11 +59,11 @@ from torch import Tensor
 
 from mfask.errors import StateFormatError
 from mfask.estimator import ConditionalFlow
-from mfask.training import TrainingConfig, negative_log_probs, validation_split
+from mfask.training import negative_log_probs, validation_split
 
 __all__ = [
     "TransferChoice", "Chosen", "CHOICES", "ALPHA", "MIN_ROWS", "critical_value", "choose",
-    "compare_candidates",
+    "guard_share", "mixture_negative_log_probs", "compare_candidates",
 ]
 
 Chosen = Literal["fine-tuned", "hf-only", "blend"]
@@ -158,28 +161,39 @@ def choose(fine_tuned: Tensor, hf_only: Tensor) -> TransferChoice:
     return TransferChoice(chosen, fine_loss, hf_loss, difference, error, rows)
 
 
+def guard_share(num_rows: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Split a level's ``num_rows`` rows into the guard share and the rows
+    both candidates train on: ``(guard (g,), fit (num_rows - g,))`` int64
+    indices, ``g = max(1, round(fraction * num_rows))`` drawn at random with
+    ``seed``; no guard rows (``g = 0``) when fewer than 2 rows would be left
+    to train on."""
+    split = validation_split(num_rows, fraction, seed)
+    if num_rows - split.validation.shape[0] < 2:
+        return torch.zeros(0, dtype=torch.int64), torch.arange(num_rows)
+    return split.validation, split.train
+
+
+def mixture_negative_log_probs(members: Sequence[ConditionalFlow], z: Tensor, x: Tensor) -> Tensor:
+    """``-log((1/K) sum_k q_k(z_i | x_i))`` per row, ``(n,)``: the loss of a
+    candidate's ``K`` members as the equal-weight mixture they form."""
+    log_q = -torch.stack([negative_log_probs(member, z, x) for member in members])  # (K, n)
+    return -(torch.logsumexp(log_q, dim=0) - math.log(len(members)))
+
+
 def compare_candidates(
     fine_tuned: Sequence[ConditionalFlow],
     hf_only: Sequence[ConditionalFlow],
-    z: Tensor,
-    x: Tensor,
-    config: TrainingConfig,
-    seeds: Sequence[int],
+    z_guard: Tensor,
+    x_guard: Tensor,
 ) -> TransferChoice:
-    """Score both candidates on the rows each member pair held out, and choose.
+    """Score both candidates on the guard share and choose.
 
     Arguments:
         fine_tuned: ``K`` trained fine-tuned members.
-        hf_only: ``K`` trained HF-only members; member ``k`` of both was
-            trained with ``seeds[k]``.
-        z: ``(n, d)`` the level's training parameters (flow space).
-        x: ``(n, *x_shape)`` the level's training outputs.
-        config: the training settings used (for the validation fraction).
-        seeds: ``K`` training seeds.
+        hf_only: ``K`` trained HF-only members.
+        z_guard: ``(g, d)`` the guard share's parameters (flow space), rows
+            neither candidate trained or early-stopped on.
+        x_guard: ``(g, *x_shape)`` their outputs.
     """
-    losses_fine, losses_hf = [], []
-    for fine, hf, seed in zip(fine_tuned, hf_only, seeds):
-        held_out = validation_split(z.shape[0], config.validation_fraction, int(seed)).validation
-        losses_fine.append(negative_log_probs(fine, z[held_out], x[held_out]))
-        losses_hf.append(negative_log_probs(hf, z[held_out], x[held_out]))
-    return choose(torch.cat(losses_fine), torch.cat(losses_hf))
+    return choose(mixture_negative_log_probs(fine_tuned, z_guard, x_guard),
+                  mixture_negative_log_probs(hf_only, z_guard, x_guard))

@@ -21,7 +21,8 @@ import mfask.posterior
 from mfask import BoxUniform, FlowConfig, MultiFidelityPosterior, StateFormatError, TrainingConfig, TransferChoice
 from mfask.state_file import decode_state, encode_state
 from mfask.study import create_study, open_study
-from mfask.transfer_guard import ALPHA, MIN_ROWS, choose, critical_value
+from mfask.training import negative_log_probs
+from mfask.transfer_guard import ALPHA, MIN_ROWS, choose, critical_value, guard_share, mixture_negative_log_probs
 
 TINY_FLOW = FlowConfig(hidden_features=16, num_transforms=2, num_bins=4)
 QUICK_TRAINING = TrainingConfig(max_epochs=20)
@@ -132,6 +133,28 @@ def test_equally_good_candidates_are_split_at_the_test_level(rows):
     assert ALPHA == 0.05
 
 
+@pytest.mark.parametrize("rows", [2, 3, 4, 10, 57, 200])
+def test_the_guard_share_is_a_disjoint_split_leaving_rows_to_train(rows):
+    guard, fit = guard_share(rows, 0.1, seed=7)
+    assert sorted([*guard.tolist(), *fit.tolist()]) == list(range(rows))
+    assert fit.shape[0] >= 2
+    assert guard.shape[0] == (0 if rows < 3 else max(1, round(0.1 * rows)))
+    again, _ = guard_share(rows, 0.1, seed=7)
+    assert torch.equal(guard, again)
+
+
+def test_a_candidate_is_scored_as_the_mixture_of_its_members(trained):
+    level = trained._levels[1]
+    z = torch.randn(5, 2)
+    x = torch.randn(5, 2)
+    single = mixture_negative_log_probs(level.members, z, x)
+    assert torch.equal(single, negative_log_probs(level.members[0], z, x))
+    pair = mixture_negative_log_probs([*level.members, *level.hf_only], z, x)
+    expected = -(torch.logaddexp(-negative_log_probs(level.members[0], z, x),
+                                 -negative_log_probs(level.hf_only[0], z, x)) - math.log(2))
+    torch.testing.assert_close(pair, expected)
+
+
 def test_choice_round_trips_through_json_and_refuses_junk():
     choice = TransferChoice("blend", 1.5, math.inf, math.nan, 0.25, 6)
     loaded = TransferChoice.from_dict(json.loads(json.dumps(choice.to_dict())))
@@ -151,7 +174,12 @@ def test_a_guarded_level_trains_both_candidates_and_records_the_choice(trained):
     assert trained.transfer_choice("low") is None  # the lowest level has nothing to transfer
     choice = trained.transfer_choice("high")
     assert isinstance(choice, TransferChoice)
-    assert choice.num_rows == round(0.1 * NUM_HIGH)  # the rows the members held out
+    assert choice.num_rows == round(0.1 * NUM_HIGH)  # the guard share
+    # neither candidate trained or early-stopped on the guard share
+    assert {h.num_train + h.num_validation for h in trained.training_histories("high")[0]} == {
+        NUM_HIGH - choice.num_rows
+    }
+    assert trained.training_histories("low")[0][0].num_train + trained.training_histories("low")[0][0].num_validation == NUM_LOW
     assert math.isfinite(choice.fine_tuned_loss) and math.isfinite(choice.hf_only_loss)
     [low_fit] = trained.training_histories("low")
     assert [(h.start, h.candidate) for h in low_fit] == [("fresh", "")]
@@ -164,7 +192,7 @@ def test_a_guarded_level_trains_both_candidates_and_records_the_choice(trained):
 
 @pytest.mark.parametrize("chosen", ["fine-tuned", "hf-only", "blend"])
 def test_the_posterior_is_made_of_the_chosen_candidates(monkeypatch, chosen):
-    def decide(fine_tuned, hf_only, z, x, config, seeds):
+    def decide(fine_tuned, hf_only, z_guard, x_guard):
         return TransferChoice(chosen, 1.0, 1.0, 0.0, 0.1, 6)
 
     monkeypatch.setattr(mfask.posterior, "compare_candidates", decide)
@@ -202,7 +230,8 @@ def test_an_ensemble_pools_its_members_held_out_rows():
     post = guarded_posterior(ensemble_size=2, training=TrainingConfig(max_epochs=3))
     [high_fit] = post.training_histories("high")
     assert [h.candidate for h in high_fit] == ["fine-tuned"] * 2 + ["hf-only"] * 2
-    assert post.transfer_choice("high").num_rows == 2 * round(0.1 * NUM_HIGH)
+    # the guard scores each candidate's two members as one mixture on the guard rows
+    assert post.transfer_choice("high").num_rows == round(0.1 * NUM_HIGH)
 
 
 def test_three_levels_guard_every_transferred_level():
@@ -247,8 +276,9 @@ def test_the_option_must_be_a_bool(value):
 def test_progress_names_the_hf_only_candidate(capsys):
     guarded_posterior(verbose=True, training=TrainingConfig(max_epochs=2))
     err = capsys.readouterr().err
-    assert "training high on 60 simulations" in err
-    assert "training HF-only high on 60 simulations" in err
+    # both candidates train on the 60 rows less the guard share of 6
+    assert "training high on 54 simulations" in err
+    assert "training HF-only high on 54 simulations" in err
 
 
 # --------------------------------------------------------------- persistence
