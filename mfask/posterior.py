@@ -782,18 +782,19 @@ class MultiFidelityPosterior:
                 hf_only, hf_start = self._fresh_members(level, count, z, x32), "fresh"
         seeds = [self._stream_seed(2, level, state.fit_count, k) for k in range(count)]
         previous = state.histories[-1] if state.histories else None
-        fit_rows = torch.arange(z.shape[0])
+        z_fit, x_fit = z, x32  # unguarded: all rows, no copy
         if guarded:  # rows neither candidate trains or early-stops on, to choose between them
             guard_rows, fit_rows = guard_share(
                 z.shape[0], self.training_config.validation_fraction,
                 self._stream_seed(5, level, state.fit_count, 0),  # three keys: not a round's (5, sequence, round)
             )
-        num_fit = int(fit_rows.shape[0])
+            z_fit, x_fit = z[fit_rows], x32[fit_rows]
+        num_fit = int(z_fit.shape[0])
         progress = [self._progress_printer(level, k, num_fit, "") for k in range(count)]
         if guarded:
             progress += [self._progress_printer(level, k, num_fit, "HF-only ") for k in range(count)]
         trained, histories = train_members(
-            [*members, *hf_only], z[fit_rows], x32[fit_rows], self.training_config,
+            [*members, *hf_only], z_fit, x_fit, self.training_config,
             seeds * (2 if guarded else 1),
             seconds_per_member=None if not previous else sum(h.seconds for h in previous) / len(previous),
             progress=progress,
