@@ -18,13 +18,16 @@ All parameter tensors are float64 with shape ``(n, d)``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, biject_to, constraints
 
 from mfask.errors import InvalidInputError
+from mfask.user_input import as_numeric_array
 from mfask.user_input import as_theta as as_theta_tensor  # noqa: F401  (old name, kept for callers)
 
 __all__ = ["Prior", "IndependentPrior", "BoxUniform", "prior_from_spec"]
@@ -133,30 +136,67 @@ class Prior:
         )
 
     # ---------------------------------------------------------------- sampling
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """Draw ``n`` parameter vectors, shape ``(n, d)``, from ``generator``."""
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            columns = [m.sample((n,)).to(torch.float64) for m in self.marginals]
-        return torch.stack(columns, dim=1)
+    def sample(
+        self, sample_shape: int | Sequence[int] | torch.Size = (), generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Draw parameter vectors, shape ``(*sample_shape, d)``.
+
+        ``sample_shape`` is an int ``n`` (giving ``(n, d)``) or a shape tuple
+        as in ``torch.distributions`` (``(5,)`` gives ``(5, d)``, ``()`` one
+        vector ``(d,)``). With a ``generator`` the draws are reproducible from
+        it; without one they come from torch's global random state.
+        """
+        shape = _as_sample_shape(sample_shape)
+        num_rows = math.prod(shape)
+        if generator is None:
+            columns = [m.sample((num_rows,)).to(torch.float64) for m in self.marginals]
+        else:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                columns = [m.sample((num_rows,)).to(torch.float64) for m in self.marginals]
+        return torch.stack(columns, dim=1).reshape(*shape, self.dim)
 
     # ---------------------------------------------------------------- density
-    def in_support(self, theta: Tensor) -> Tensor:
-        """Boolean mask ``(n,)``: which rows lie in the prior's support."""
-        inside = torch.ones(theta.shape[0], dtype=torch.bool)
-        for column, marginal in enumerate(self.marginals):
-            inside &= marginal.support.check(theta[:, column])
-        return inside
+    def in_support(self, theta: Any) -> Tensor:
+        """Boolean mask ``(*batch,)``: which rows of ``theta`` ``(*batch, d)`` lie in the support.
 
-    def log_prob(self, theta: Tensor) -> Tensor:
-        """Log prior density ``(n,)``; ``-inf`` outside the support."""
-        inside = self.in_support(theta)
-        total = torch.zeros(theta.shape[0], dtype=torch.float64)
-        safe = torch.where(inside.unsqueeze(1), theta, self._interior_point())
+        ``theta`` may be a tensor, a numpy array or nested lists; a 1-D input
+        of length ``d`` is one parameter vector (for ``d == 1``, ``n`` values).
+        """
+        rows, batch_shape = self._as_rows(theta)
+        inside = torch.ones(rows.shape[0], dtype=torch.bool)
+        for column, marginal in enumerate(self.marginals):
+            inside &= marginal.support.check(rows[:, column])
+        return inside.reshape(batch_shape)
+
+    def log_prob(self, theta: Any) -> Tensor:
+        """Log prior density ``(*batch,)`` of ``theta`` ``(*batch, d)``; ``-inf`` outside the support.
+
+        Accepts the same inputs as :meth:`in_support`; NaN rows get ``-inf``.
+        """
+        rows, batch_shape = self._as_rows(theta)
+        inside = self.in_support(rows)
+        total = torch.zeros(rows.shape[0], dtype=torch.float64)
+        safe = torch.where(inside.unsqueeze(1), rows, self._interior_point())
         for column, marginal in enumerate(self.marginals):
             total = total + marginal.log_prob(safe[:, column]).to(torch.float64)
-        return torch.where(inside, total, torch.full_like(total, -torch.inf))
+        return torch.where(inside, total, torch.full_like(total, -torch.inf)).reshape(batch_shape)
+
+    def _as_rows(self, theta: Any) -> tuple[Tensor, tuple[int, ...]]:
+        """``theta`` as float64 rows ``(n, d)`` and the batch shape it had."""
+        if isinstance(theta, Tensor) and theta.dtype == torch.float64 and theta.ndim == 2:
+            values = theta
+        else:
+            values = torch.from_numpy(as_numeric_array(theta, "theta"))
+        if self.dim == 1 and values.ndim <= 1:
+            return values.reshape(-1, 1), tuple(values.shape)  # scalars or a column of values
+        if values.ndim == 0 or values.shape[-1] != self.dim:
+            raise InvalidInputError(
+                f"theta must have shape (..., {self.dim}) for this prior's {self.dim} "
+                f"parameter(s) {list(self.names)}; got shape {tuple(values.shape)}"
+            )
+        return values.reshape(-1, self.dim), tuple(values.shape[:-1])
 
     def _interior_point(self) -> Tensor:
         """A point inside the support, shape ``(1, d)``."""
@@ -304,6 +344,25 @@ def prior_from_spec(spec: dict[str, Any]) -> Prior:
             raise InvalidInputError(f"unknown marginal type {kind!r} in prior description")
         marginals.append(getattr(torch.distributions, kind)(**kwargs, validate_args=False))
     return IndependentPrior(marginals, names=names)
+
+
+def _as_sample_shape(sample_shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:
+    """A sample shape as a tuple of non-negative ints; an int ``n`` is ``(n,)``."""
+    if isinstance(sample_shape, (bool, np.bool_)):
+        raise InvalidInputError(f"sample_shape must be an int or a tuple of ints; got {sample_shape!r}")
+    if isinstance(sample_shape, (int, np.integer)):
+        shape: tuple[Any, ...] = (int(sample_shape),)
+    else:
+        try:
+            shape = tuple(sample_shape)
+        except TypeError:
+            raise InvalidInputError(
+                f"sample_shape must be an int or a tuple of ints; got {type(sample_shape).__name__}"
+            ) from None
+    if not all(isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)) and size >= 0
+               for size in shape):
+        raise InvalidInputError(f"sample_shape must hold non-negative ints; got {sample_shape!r}")
+    return tuple(int(size) for size in shape)
 
 
 def _check_marginal_parameters(marginal: Distribution, index: int) -> None:
