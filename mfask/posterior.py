@@ -986,20 +986,19 @@ class MultiFidelityPosterior:
         meta, arrays = read_state(path)
         return cls._from_state(meta, arrays, prior=prior, embedding_net=embedding_net)
 
-    def _export_state(
-        self, *, tickets: bool = True, models: bool = True
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The state as a JSON-compatible dict and named arrays.
+    def configuration(self) -> dict[str, Any]:
+        """What this posterior was built with, as JSON-compatible data.
 
-        ``tickets=False`` leaves out the ``tickets/*`` arrays and
-        ``models=False`` the trained levels (``meta["levels"]`` empty, no
-        ``model/*`` arrays), for stores that keep those parts separately.
+        The prior (``None`` where it cannot be described as data), parameter
+        names, fidelities, seed and every option; not the data or the models.
+        Two posteriors with equal configurations given the same tells train
+        the same models.
         """
         try:
             prior_spec = self.prior.to_spec()
         except InvalidInputError:
             prior_spec = None
-        meta: dict[str, Any] = {
+        return {
             "prior": prior_spec,
             "parameter_names": list(self.prior.names),
             "fidelities": [{"name": f.name, "parameters": list(f.parameters or ())} for f in self.fidelities],
@@ -1012,6 +1011,19 @@ class MultiFidelityPosterior:
             "parameter_space": self.space.name,
             "transfer_guard": self.transfer_guard,
             "has_embedding_net": self._embedding_template is not None,
+        }
+
+    def _export_state(
+        self, *, tickets: bool = True, models: bool = True
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The state as a JSON-compatible dict and named arrays.
+
+        ``tickets=False`` leaves out the ``tickets/*`` arrays and
+        ``models=False`` the trained levels (``meta["levels"]`` empty, no
+        ``model/*`` arrays), for stores that keep those parts separately.
+        """
+        meta: dict[str, Any] = {
+            **self.configuration(),
             "x_shape": None if self._x_shape is None else list(self._x_shape),
             "round": self.round,
             "levels": [],

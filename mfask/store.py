@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -42,7 +43,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from mfask.errors import StateFormatError, StudyLockedError
+from mfask.errors import InvalidInputError, StateFormatError, StudyLockedError
 from mfask.state_file import decode_state, encode_state
 from mfask.tickets import SOURCES, STATUSES
 
@@ -161,9 +162,12 @@ class StudyStore:
 
         Raises :class:`FileExistsError` if ``path`` exists.
         """
-        target = Path(path)
+        target = study_file_path(path)
         if target.exists():
-            raise FileExistsError(f"{target} already exists; open it or choose another path")
+            raise FileExistsError(
+                f"{target} already exists; open it (open_study, or create_study(..., "
+                "load_if_exists=True)) or choose another path"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         connection = _connect(target, timeout, synchronous, create=True)
         store = cls(connection, target, timeout)
@@ -194,7 +198,7 @@ class StudyStore:
         Raises :class:`FileNotFoundError`, or :class:`StateFormatError` when the
         file is not an mfask study or has another schema version.
         """
-        target = Path(path)
+        target = study_file_path(path)
         if not target.is_file():
             raise FileNotFoundError(f"no study file at {target}")
         connection = _connect(target, timeout, synchronous, create=False)
@@ -553,6 +557,41 @@ class StudyStore:
             if candidate.exists():
                 total += candidate.stat().st_size
         return total
+
+
+def study_file_path(location: str | os.PathLike[str]) -> Path:
+    """The file a study location names: a path, or an ``sqlite:///`` URL.
+
+    URLs follow SQLAlchemy's (and Optuna's) convention: ``sqlite:///study.db``
+    is the relative path ``study.db``, ``sqlite:////abs/study.db`` the absolute
+    path ``/abs/study.db``. Any other URL scheme is refused, so that a URL is
+    never taken for a relative path (which would create a directory named
+    after the scheme).
+    """
+    text = os.fspath(location)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if text.startswith("sqlite:///"):
+        file_part = text[len("sqlite:///"):]
+        if not file_part or file_part.startswith("?") or ":memory:" in file_part:
+            raise InvalidInputError(
+                f"{text!r} names no file; a study needs one, e.g. 'sqlite:///study.db'"
+            )
+        return Path(file_part)
+    scheme = _URL_SCHEME.match(text)
+    if scheme or text.startswith("sqlite:"):
+        what = f"unknown storage URL scheme {scheme.group(1)!r}" if scheme and scheme.group(1) != "sqlite" \
+            else "a malformed SQLite URL"
+        raise InvalidInputError(
+            f"{what} in {text!r}; a study is an SQLite "
+            "file: pass a path ('study.db') or an SQLite URL ('sqlite:///study.db' relative, "
+            "'sqlite:////abs/path/study.db' absolute)"
+        )
+    return Path(text)
+
+
+# Two or more characters before "://" (a one-letter "scheme" is a Windows drive).
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
 
 
 def _connect(path: Path, timeout: float, synchronous: str, create: bool) -> sqlite3.Connection:

@@ -54,7 +54,7 @@ from mfask.errors import InvalidInputError, MfaskError, NotEnoughDataError, Stat
 from mfask.fidelity import FidelitySpec
 from mfask.posterior import MultiFidelityPosterior, TellResult
 from mfask.priors import Prior
-from mfask.store import StudyStore, TicketRow
+from mfask.store import StudyStore, TicketRow, study_file_path
 from mfask.study_lock import TrainingLock
 from mfask.tickets import FAILED, STATUSES, AskBatch
 from mfask.training import TrainingHistory
@@ -740,15 +740,53 @@ def create_study(
     prior: Prior,
     fidelities: Sequence[FidelitySpec] = ("high",),
     *,
+    load_if_exists: bool = False,
     timeout: float = 60.0,
     synchronous: Synchronous = "full",
     **posterior_options: Any,
 ) -> Study:
     """Create a study file for a new posterior; ``posterior_options`` are
     those of :class:`MultiFidelityPosterior` (``seed``, ``flow``,
-    ``training``...). See :meth:`Study.create`."""
+    ``training``...). See :meth:`Study.create`.
+
+    ``path`` is a file path or an SQLite URL (``sqlite:///study.db``).
+    With ``load_if_exists=True`` an existing study at ``path`` is opened
+    instead (so the same script can start and resume a study, on one machine
+    or many at once), provided it was created with the same prior,
+    fidelities and options; else :class:`InvalidInputError` names what
+    differs. Without it an existing file raises :class:`FileExistsError`.
+    """
     posterior = MultiFidelityPosterior(prior, fidelities, **posterior_options)
-    return Study.create(path, posterior, timeout=timeout, synchronous=synchronous)
+    if not (load_if_exists and study_file_path(path).exists()):
+        try:
+            return Study.create(path, posterior, timeout=timeout, synchronous=synchronous)
+        except FileExistsError:
+            if not load_if_exists:
+                raise  # else another process created it first: open theirs
+    requested = posterior.configuration()
+    study = Study.open(  # the file's own prior where it is data, so that a different one shows
+        path, prior=prior if requested["prior"] is None else None,
+        embedding_net=posterior_options.get("embedding_net"),
+        verbose=posterior.verbose, timeout=timeout, synchronous=synchronous,
+    )
+    try:
+        _check_same_configuration(study, requested)
+    except BaseException:
+        study.close()
+        raise
+    return study
+
+
+def _check_same_configuration(study: Study, requested: dict[str, Any]) -> None:
+    """Raise :class:`InvalidInputError` if ``study`` was built otherwise than ``requested``."""
+    stored = study.posterior.configuration()
+    differing = sorted(key for key in requested if requested[key] != stored.get(key))
+    if differing:
+        details = "; ".join(f"{key}: file {stored.get(key)!r}, requested {requested[key]!r}" for key in differing)
+        raise InvalidInputError(
+            f"{study.path} already holds a study with other settings ({details}). Open it with "
+            "open_study() to continue it as it is, or create the new study at another path"
+        )
 
 
 # ================================================================== helpers

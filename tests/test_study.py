@@ -475,3 +475,58 @@ def test_kill_9_loses_no_returned_tell(tmp_path):
             np.testing.assert_array_equal(row.x, simulate(row.theta)[0])
         assert study.status()["checkpoints"] >= fits  # every returned fit was stored
         study.close()
+
+
+# ------------------------------------------------ storage locations (issue 15, item 9)
+def test_sqlite_urls_name_files_and_never_create_a_scheme_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    prior = BoxUniform([0.0], [1.0])
+    with create_study("sqlite:///relative.db", prior, seed=0) as study:
+        study.ask("high", 2)
+    absolute = tmp_path / "sub" / "absolute.db"
+    create_study(f"sqlite:///{absolute}", prior, seed=0).close()
+    assert {p.name for p in tmp_path.iterdir()} - {"relative.db.lock"} == {"relative.db", "sub"}
+    assert absolute.is_file()
+    with open_study("sqlite:///relative.db") as study:
+        assert len(study.pending()) == 2
+    with open_study(tmp_path / "relative.db") as study:
+        assert len(study.pending()) == 2
+
+
+@pytest.mark.parametrize(
+    "location, message",
+    [
+        ("postgresql://user@host/db", "unknown storage URL scheme 'postgresql'"),
+        ("sqlite://x.db", "malformed SQLite URL"),
+        ("sqlite:x.db", "malformed SQLite URL"),
+        ("sqlite:///", "names no file"),
+        ("sqlite:///:memory:", "names no file"),
+    ],
+)
+def test_unknown_or_malformed_storage_urls_are_refused(tmp_path, monkeypatch, location, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(mfask.InvalidInputError, match=message):
+        create_study(location, BoxUniform([0.0], [1.0]))
+    with pytest.raises(mfask.InvalidInputError, match=message):
+        open_study(location)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_if_exists_opens_the_same_study_and_refuses_other_settings(tmp_path) -> None:
+    path = tmp_path / "s.db"
+    prior = BoxUniform([0.0, 0.0], [1.0, 1.0])
+    with create_study(path, prior, ["low", "high"], seed=3) as study:
+        batch = study.ask("high", 4)
+    with create_study(path, prior, ["low", "high"], seed=3, load_if_exists=True) as study:
+        assert [row.ticket for row in study.pending()] == list(batch.ticket_ids)
+    with pytest.raises(FileExistsError, match="load_if_exists"):
+        create_study(path, prior, ["low", "high"], seed=3)
+    for other in (
+        dict(prior=prior, fidelities=["low", "high"], seed=4),
+        dict(prior=BoxUniform([0.0, 0.0], [2.0, 1.0]), fidelities=["low", "high"], seed=3),
+        dict(prior=prior, fidelities=["high"], seed=3),
+    ):
+        with pytest.raises(mfask.InvalidInputError, match="other settings"):
+            create_study(path, other.pop("prior"), other.pop("fidelities"), load_if_exists=True, **other)
+    with open_study(path) as study:  # the refused calls left the file as it was
+        assert [row.ticket for row in study.pending()] == list(batch.ticket_ids)
