@@ -28,9 +28,6 @@ k = {low = 0.1, high = 1.5}
 [flow]
 hidden_features = 20
 num_transforms = 2
-
-[training]
-max_epochs = 50
 SPEC
     mfask init "$study" --spec "$work/spec.toml"
 fi

@@ -14,6 +14,7 @@ from mfask.errors import (
     InvalidInputError,
     LeakageError,
     LeakageWarning,
+    MaxEpochsWarning,
     MfaskError,
     NotEnoughDataError,
     OutsidePriorError,
@@ -68,6 +69,7 @@ __all__ = [
     "NotEnoughDataError",
     "LeakageError",
     "LeakageWarning",
+    "MaxEpochsWarning",
     "StateFormatError",
     "StudyLockedError",
 ]

@@ -399,6 +399,8 @@ def _fit(args: argparse.Namespace) -> int:
             name: [
                 {
                     "epochs": h.epochs,
+                    "stopped_early": h.stopped_early,
+                    "seconds": round(h.seconds, 3),
                     "best_validation_loss": _finite(h.best_validation_loss),
                     "start": h.start,
                     "candidate": h.candidate,

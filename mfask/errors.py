@@ -81,3 +81,9 @@ class LeakageWarning(UserWarning):
     ``mfask.posterior_density.WARN_ACCEPTANCE`` of its draws at some observation: slow, and a sign
     that the posterior there is poorly learnt (an ``x`` unlike the training
     data, or too few simulations)."""
+
+
+class MaxEpochsWarning(UserWarning):
+    """Training stopped on ``TrainingConfig.max_epochs`` while the validation
+    loss was still improving: the posterior may be under-trained (at worst
+    close to the prior). Raise ``max_epochs``, or check the learning rate."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 from mfask.errors import InvalidInputError
 from mfask.priors import Prior
 
-__all__ = ["Fidelity", "FidelitySpec", "resolve_fidelities"]
+__all__ = ["Fidelity", "FidelitySpec", "resolve_fidelities", "ask_target"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,24 @@ def resolve_fidelities(
     if len(set(names)) != len(names):
         raise InvalidInputError(f"fidelity names must be unique; got {names}")
     return resolved, columns
+
+
+def ask_target(fidelity_names: Sequence[str], fidelity: Any, n: Any) -> tuple[Any, Any]:
+    """The ``(fidelity, n)`` an ``ask(fidelity, n)`` call means.
+
+    With a single fidelity its name may be left out: ``ask(100)`` and
+    ``ask(n=100)`` mean ``ask(<the fidelity>, 100)``. With several, the
+    fidelity is required and :class:`InvalidInputError` says so. The values
+    are not validated further (the caller checks the name and ``n``, which
+    may still be ``None``).
+    """
+    if n is None and fidelity is not None and not isinstance(fidelity, (str, Fidelity)):
+        fidelity, n = None, fidelity  # ask(100)
+    if fidelity is None:
+        if len(fidelity_names) != 1:
+            raise InvalidInputError(
+                f"ask needs the fidelity when there are several: ask(fidelity, n) with fidelity "
+                f"one of {list(fidelity_names)}"
+            )
+        fidelity = fidelity_names[0]
+    return fidelity, n

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 
 from mfask.errors import (
     InvalidInputError,
+    MaxEpochsWarning,
     NotEnoughDataError,
     OutsidePriorError,
     StateFormatError,
@@ -40,7 +40,7 @@ from mfask.errors import (
     UnmatchedParametersError,
 )
 from mfask.estimator import ConditionalFlow, FlowConfig
-from mfask.fidelity import Fidelity, FidelitySpec, resolve_fidelities
+from mfask.fidelity import Fidelity, FidelitySpec, ask_target, resolve_fidelities
 from mfask.parameter_space import ParameterSpace, ParameterSpaceName
 from mfask.posterior_density import PosteriorDensity
 from mfask.priors import Prior, prior_from_spec
@@ -63,7 +63,8 @@ from mfask.tickets import (
     AskBatch,
     TicketLedger,
 )
-from mfask.training import EpochReport, TrainingConfig, TrainingHistory
+from mfask.training import TrainingConfig, TrainingHistory
+from mfask.training_progress import TrainingProgress
 from mfask.transfer_guard import TransferChoice, compare_candidates, guard_share
 from mfask.acquisition import AcquisitionConfig, resolve_acquisition
 from mfask.ensemble import train_members
@@ -77,6 +78,14 @@ TransferStandardization = Literal["refit", "keep"]
 #: the most rows one ``ask`` hands out (larger asks are refused before any
 #: memory is allocated; ask several times for more)
 MAX_ASK = 10_000_000
+
+
+def _decimals_written(row: np.ndarray, most: int = 8) -> int | None:
+    """The fewest decimals (at most ``most``) that write every value of ``row`` exactly, if any."""
+    for decimals in range(most + 1):
+        if np.allclose(np.round(row, decimals), row, rtol=1e-13, atol=0.0):
+            return decimals
+    return None
 
 
 class SimulationFailedWarning(UserWarning):
@@ -176,7 +185,9 @@ class MultiFidelityPosterior:
             ``docs/transfer_guard.md``). Costs the HF-only training at each
             such fit. ``False`` always keeps the fine-tuned networks (the
             paper's MF-NPE).
-        verbose: print training progress to standard error.
+        verbose: show a progress bar on standard error while training (from
+            a second on, see :mod:`mfask.training_progress`); ``False`` is
+            silent. Not part of the saved state: :meth:`load` takes it again.
     """
 
     def __init__(
@@ -193,7 +204,7 @@ class MultiFidelityPosterior:
         match_tolerance: float = 1e-5,
         parameter_space: ParameterSpaceName = "support",
         transfer_guard: bool = True,
-        verbose: bool = False,
+        verbose: bool = True,
     ) -> None:
         if not isinstance(prior, Prior):
             raise InvalidInputError(
@@ -359,8 +370,11 @@ class MultiFidelityPosterior:
         return f"MultiFidelityPosterior(d={self.prior.dim}, {counts}, round={self.round})"
 
     # =================================================================== ask
-    def ask(self, fidelity: str, n: int, *, acquisition: Any = None) -> AskBatch:
+    def ask(self, fidelity: str | int | None = None, n: int | None = None, *,
+            acquisition: Any = None) -> AskBatch:
         """Open ``n`` new tickets at ``fidelity`` and return their parameters.
+
+        With a single fidelity the name may be left out (``ask(100)``).
 
         In amortized use every row is a prior draw (source ``"prior"``).
         After :meth:`set_observation`, asks at the highest fidelity are
@@ -383,6 +397,7 @@ class MultiFidelityPosterior:
         Whatever it raises, a failed ask leaves the object as it was: no
         ticket is opened and the random stream of asks has not moved.
         """
+        fidelity, n = ask_target(self.fidelity_names, fidelity, n)
         index = self._fidelity_index(fidelity)
         n = positive_int(n, "n", maximum=MAX_ASK)
         sequential = self._sequence.active and index == len(self.fidelities) - 1
@@ -545,7 +560,9 @@ class MultiFidelityPosterior:
           hold all ``d`` parameters or only those the fidelity uses. Rows
           with the same value take distinct pending tickets of that value, in
           row order; repeats beyond the number of such pending tickets are
-          unasked rows (see ``unasked``).
+          unasked rows (see ``unasked``). With a single fidelity,
+          ``tell(theta, x)`` means that one (integer 1-D arrays are read as
+          ticket ids, as below).
         * ``tell(batch, x)``: by the tickets of an :class:`AskBatch`.
         * ``tell(ticket_ids, x)``: by integer ticket ids.
 
@@ -630,13 +647,15 @@ class MultiFidelityPosterior:
             return ids, None, 0
         if fidelity is None:
             ids = as_ticket_ids(theta_or_tickets)
-            if ids is None:
+            if ids is None and len(self.fidelities) > 1:
                 raise InvalidInputError(
                     "tell(theta, x) needs the fidelity: tell(theta, x, fidelity); to tell by "
                     "ticket pass an AskBatch or integer ticket ids"
                 )
-            self._ledger.check_issued(ids)
-            return ids, None, 0
+            if ids is not None:
+                self._ledger.check_issued(ids)
+                return ids, None, 0
+            fidelity = self.fidelity_names[0]  # the only one
         index = self._fidelity_index(fidelity)
         used = self._used_columns[index]
         raw = theta_or_tickets
@@ -651,13 +670,12 @@ class MultiFidelityPosterior:
             return ids, None, index
         if unasked != "prior":
             pending = self._ledger.count(index, PENDING)
+            first = int(unmatched[0])
             raise UnmatchedParametersError(
                 f"{unmatched.size} of {ids.shape[0]} row(s) of theta match no pending ticket "
-                f"at fidelity {fidelity!r} ({pending} pending), e.g. row {int(unmatched[0])}: "
-                f"{theta[unmatched[0]].tolist()} (a row repeated in one call takes one pending "
-                "ticket of its value per repeat; the repeats beyond those count as unasked). "
-                "Pass unasked='prior' if they are prior draws that were never asked, or tell "
-                "by ticket id"
+                f"at fidelity {fidelity!r} ({pending} pending), e.g. row {first}: "
+                f"{theta[first].tolist()}. "
+                + self._unmatched_hint(theta_used[first], index, scale, ids)
             )
         external = np.empty((unmatched.size, self.prior.dim))
         if dim == self.prior.dim:
@@ -677,6 +695,32 @@ class MultiFidelityPosterior:
                 f"{self.prior.bounds[1].tolist()})"
             )
         return ids, external, index
+
+    def _unmatched_hint(self, row: np.ndarray, level: int, scale: np.ndarray, matched: np.ndarray) -> str:
+        """What to do about a told row ``(k,)`` (used columns) that matches no
+        pending ticket, given the tickets ``matched`` ``(n,)`` to the call's rows."""
+        nearest = self._ledger.nearest_pending(row, level, scale)
+        unasked = ("Pass unasked='prior' only if the rows are prior draws that were never asked "
+                   "(they are then added as new tickets and the asked ones stay pending).")
+        if nearest is None:
+            return "No ticket is pending there. " + unasked
+        ticket, values, ratio = nearest
+        if ratio <= self.match_tolerance and ticket in matched:
+            taken_by = int(np.flatnonzero(matched == ticket)[0])
+            return (f"It repeats the value of row {taken_by}, which took its pending ticket {ticket}: "
+                    "a row repeated in one call takes one pending ticket of its value per repeat "
+                    "(the repeats beyond those count as unasked). " + unasked)
+        where = (f"The nearest pending ticket is {ticket}: {values.tolist()} (it would need "
+                 f"match_tolerance >= {ratio:.2g}; this posterior's is {self.match_tolerance:g}).")
+        decimals = _decimals_written(row)
+        if decimals is not None and np.allclose(np.round(values, decimals), row, rtol=1e-13, atol=1e-300):
+            return (
+                f"{where} The told values look rounded to {decimals} decimals: write theta with "
+                "full precision (e.g. '%.17g' or repr), tell by ticket id "
+                f"(tell([{ticket}, ...], x)), or build the posterior with a larger "
+                "match_tolerance. " + unasked
+            )
+        return f"{where} Tell by ticket id (tell(batch, x) or tell(ticket_ids, x)). " + unasked
 
     def _check_x(self, x: Any, count: int) -> np.ndarray:
         """Convert told outputs to float64 ``(count, *x_shape)``."""
@@ -790,15 +834,19 @@ class MultiFidelityPosterior:
             )
             z_fit, x_fit = z[fit_rows], x32[fit_rows]
         num_fit = int(z_fit.shape[0])
-        progress = [self._progress_printer(level, k, num_fit, "") for k in range(count)]
+        labels = [self._network_label(level, k, "") for k in range(count)]
         if guarded:
-            progress += [self._progress_printer(level, k, num_fit, "HF-only ") for k in range(count)]
-        trained, histories = train_members(
-            [*members, *hf_only], z_fit, x_fit, self.training_config,
-            seeds * (2 if guarded else 1),
-            seconds_per_member=None if not previous else sum(h.seconds for h in previous) / len(previous),
-            progress=progress,
-        )
+            labels += [self._network_label(level, k, "HF-only ") for k in range(count)]
+        with TrainingProgress(self.fidelity_names[level], labels, num_fit, self.training_config,
+                              enabled=self.verbose) as progress:
+            trained, histories = train_members(
+                [*members, *hf_only], z_fit, x_fit, self.training_config,
+                seeds * (2 if guarded else 1),
+                seconds_per_member=None if not previous else sum(h.seconds for h in previous) / len(previous),
+                progress=[progress.callback(k) for k in range(len(labels))],
+            )
+            progress.finish(histories)
+        self._warn_if_capped(level, labels, histories)
         members, hf_only = trained[:count], trained[count:]
         for k, history in enumerate(histories):
             history.start = start if k < count else hf_start
@@ -837,27 +885,28 @@ class MultiFidelityPosterior:
                         module.reset_parameters()
             return ConditionalFlow(self.prior.dim, self._x_shape, self.flow_config, embedding)
 
-    def _progress_printer(
-        self, level: int, member: int, count: int, kind: str
-    ) -> Callable[[EpochReport], None] | None:
-        if not self.verbose:
-            return None
-        name = self.fidelity_names[level]
-        label = f"{kind}{name}" + (f" member {member}" if self._member_count(level) > 1 else "")
+    def _network_label(self, level: int, member: int, kind: str) -> str:
+        """``"network"``, ``"member 2"``, ``"HF-only member 2"``: how progress names a network."""
+        if self._member_count(level) > 1:
+            return f"{kind}member {member + 1}"
+        return f"{kind}network" if kind else "network"
 
-        def report(epoch: EpochReport) -> None:
-            done = epoch.epochs_since_improvement >= self.training_config.stop_after_epochs
-            if epoch.epoch % 10 == 0 or done:
-                print(
-                    f"[mfask] training {label} on {count} simulations: epoch {epoch.epoch + 1}, "
-                    f"train loss {epoch.train_loss:.4f}, validation loss {epoch.validation_loss:.4f} "
-                    f"(best {epoch.best_validation_loss:.4f}, {epoch.epochs_since_improvement} "
-                    "epochs since)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-        return report
+    def _warn_if_capped(self, level: int, labels: list[str], histories: list[TrainingHistory]) -> None:
+        """Warn when networks stopped on ``max_epochs`` rather than early stopping."""
+        capped = [label for label, history in zip(labels, histories) if not history.stopped_early]
+        if not capped:
+            return
+        cap = self.training_config.max_epochs
+        best = [history.best_epoch + 1 for history in histories if not history.stopped_early]
+        warnings.warn(
+            f"training {self.fidelity_names[level]!r} stopped at max_epochs={cap} before its "
+            f"validation loss stopped improving ({', '.join(capped)}; best epoch "
+            f"{', '.join(map(str, best))} of {cap}): the posterior may be under-trained, at worst "
+            f"close to the prior. Raise TrainingConfig.max_epochs (patience: "
+            f"stop_after_epochs={self.training_config.stop_after_epochs})",
+            MaxEpochsWarning,
+            stacklevel=4,
+        )
 
     def training_histories(self, fidelity: str) -> list[list[TrainingHistory]]:
         """All training runs of a level: one list per fit, one history per
@@ -972,6 +1021,7 @@ class MultiFidelityPosterior:
         *,
         prior: Prior | None = None,
         embedding_net: nn.Module | None = None,
+        verbose: bool = True,
     ) -> "MultiFidelityPosterior":
         """Restore a posterior saved with :meth:`save`.
 
@@ -980,11 +1030,14 @@ class MultiFidelityPosterior:
                 (a custom marginal); else rebuilt from the file.
             embedding_net: a module of the same architecture as the one the
                 posterior was built with (weights come from the file).
+            verbose: as in the constructor (training progress on standard error).
 
         Raises :class:`StateFormatError` for a malformed file.
         """
         meta, arrays = read_state(path)
-        return cls._from_state(meta, arrays, prior=prior, embedding_net=embedding_net)
+        posterior = cls._from_state(meta, arrays, prior=prior, embedding_net=embedding_net)
+        posterior.verbose = bool(verbose)
+        return posterior
 
     def configuration(self) -> dict[str, Any]:
         """What this posterior was built with, as JSON-compatible data.

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.distributions import Distribution, biject_to, constraints
 
 from mfask.errors import InvalidInputError
-from mfask.user_input import as_numeric_array
+from mfask.user_input import as_numeric_array, did_you_mean
 from mfask.user_input import as_theta as as_theta_tensor  # noqa: F401  (old name, kept for callers)
 
 __all__ = ["Prior", "IndependentPrior", "BoxUniform", "prior_from_spec"]
@@ -341,9 +341,24 @@ def prior_from_spec(spec: dict[str, Any]) -> Prior:
     marginals = []
     for kind, kwargs in zip(kinds, params):
         if kind not in _SERIALIZABLE_MARGINALS:
-            raise InvalidInputError(f"unknown marginal type {kind!r} in prior description")
+            raise InvalidInputError(
+                f"unknown marginal type {kind!r} in prior description{did_you_mean(kind, _SERIALIZABLE_MARGINALS)}; "
+                f"choose one of {', '.join(_SERIALIZABLE_MARGINALS)}"
+            )
+        expected = _marginal_arguments(kind)
+        if sorted(kwargs) != expected:
+            raise InvalidInputError(
+                f"a {kind} marginal takes the arguments {expected}; got {sorted(kwargs)}"
+            )
         marginals.append(getattr(torch.distributions, kind)(**kwargs, validate_args=False))
     return IndependentPrior(marginals, names=names)
+
+
+def _marginal_arguments(kind: str) -> list[str]:
+    """The torch arguments of a describable marginal, sorted (``["loc", "scale"]``)."""
+    if kind == "Uniform":  # its constraints depend on the instance
+        return ["high", "low"]
+    return sorted(getattr(torch.distributions, kind).arg_constraints)
 
 
 def _as_sample_shape(sample_shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:

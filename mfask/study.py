@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from mfask.errors import InvalidInputError, MfaskError, NotEnoughDataError, StateFormatError
-from mfask.fidelity import FidelitySpec
+from mfask.fidelity import FidelitySpec, ask_target
 from mfask.posterior import MultiFidelityPosterior, TellResult
 from mfask.priors import Prior
 from mfask.store import StudyStore, TicketRow, study_file_path
@@ -91,7 +91,7 @@ class Study:
         *,
         prior: Prior | None = None,
         embedding_net: nn.Module | None = None,
-        verbose: bool = False,
+        verbose: bool = True,
     ) -> None:
         self._store = store
         self._lock = TrainingLock(str(store.path) + ".lock")
@@ -169,7 +169,7 @@ class Study:
         *,
         prior: Prior | None = None,
         embedding_net: nn.Module | None = None,
-        verbose: bool = False,
+        verbose: bool = True,
         timeout: float = 60.0,
         synchronous: Synchronous = "full",
     ) -> "Study":
@@ -180,7 +180,8 @@ class Study:
                 as data (else rebuilt from the file).
             embedding_net: a module of the architecture the study was created
                 with, if it has one (the weights come from the file).
-            verbose: print training progress to standard error.
+            verbose: show training progress on standard error (default);
+                ``False`` is silent.
             timeout, synchronous: as in :meth:`create`.
 
         Raises :class:`FileNotFoundError`, or :class:`StateFormatError` for a
@@ -241,15 +242,17 @@ class Study:
         return f"Study({str(self.path)!r}, {self._posterior!r})"
 
     # ================================================================ ask/tell
-    def ask(self, fidelity: str, n: int, **options: Any) -> AskBatch:
+    def ask(self, fidelity: str | int | None = None, n: int | None = None, **options: Any) -> AskBatch:
         """Open ``n`` new pending tickets at ``fidelity``; see
-        :meth:`MultiFidelityPosterior.ask` (``options`` are passed on). The
-        tickets are in the file when this returns.
+        :meth:`MultiFidelityPosterior.ask` (``options`` are passed on; with a
+        single fidelity the name may be left out). The tickets are in the
+        file when this returns.
 
         An ask that proposes from the posterior (sequential rounds after
         ``set_observation``) first brings the models up to date under the
         training lock, so that it does not train while holding the database.
         """
+        fidelity, n = ask_target(self._live.fidelity_names, fidelity, n)
         if self._ask_uses_posterior(fidelity):
             try:
                 self.fit()
@@ -724,7 +727,7 @@ def open_study(
     *,
     prior: Prior | None = None,
     embedding_net: nn.Module | None = None,
-    verbose: bool = False,
+    verbose: bool = True,
     timeout: float = 60.0,
     synchronous: Synchronous = "full",
 ) -> Study:

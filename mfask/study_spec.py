@@ -17,13 +17,14 @@ Example (TOML)::
     max_epochs = 500
 
 Optional top-level keys: ``ensemble_size``, ``transfer_standardization``,
-``match_tolerance``, ``parameter_space``. Unknown keys are errors (a typo must not pass silently).
+``match_tolerance``, ``parameter_space``, ``transfer_guard``. Unknown keys are errors (a typo must not pass silently).
 A distribution is any of :func:`mfask.prior_from_spec`'s marginals with its
 torch arguments; ``{low, high}`` without one is uniform.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tomllib
@@ -36,12 +37,14 @@ from mfask.fidelity import Fidelity
 from mfask.posterior import MultiFidelityPosterior
 from mfask.priors import prior_from_spec
 from mfask.training import TrainingConfig
+from mfask.user_input import did_you_mean
 
 __all__ = ["read_spec", "posterior_from_spec"]
 
 _TOP_LEVEL = {
     "seed", "fidelities", "parameters", "flow", "training",
     "ensemble_size", "transfer_standardization", "match_tolerance", "parameter_space",
+    "transfer_guard",
 }
 
 
@@ -68,7 +71,10 @@ def posterior_from_spec(spec: Mapping[str, Any]) -> MultiFidelityPosterior:
     """
     unknown = sorted(set(spec) - _TOP_LEVEL)
     if unknown:
-        raise InvalidInputError(f"unknown spec entries {unknown}; allowed: {sorted(_TOP_LEVEL)}")
+        raise InvalidInputError(
+            f"unknown spec entries {unknown}{did_you_mean(unknown[0], sorted(_TOP_LEVEL))}; "
+            f"allowed: {sorted(_TOP_LEVEL)}"
+        )
     parameters = spec.get("parameters")
     if not isinstance(parameters, Mapping) or not parameters:
         raise InvalidInputError(
@@ -94,13 +100,20 @@ def posterior_from_spec(spec: Mapping[str, Any]) -> MultiFidelityPosterior:
         if not isinstance(spec.get("fidelities"), str) else [_fidelity(spec["fidelities"])]
     options: dict[str, Any] = {}
     for key in ("seed", "ensemble_size", "transfer_standardization", "match_tolerance",
-                "parameter_space"):
+                "parameter_space", "transfer_guard"):
         if key in spec:
             options[key] = spec[key]
     for key, config in (("flow", FlowConfig), ("training", TrainingConfig)):
         if key in spec:
             if not isinstance(spec[key], Mapping):
                 raise InvalidInputError(f"[{key}] must be a table")
+            valid = [field.name for field in dataclasses.fields(config)]
+            unknown_fields = sorted(set(spec[key]) - set(valid))
+            if unknown_fields:
+                raise InvalidInputError(
+                    f"[{key}]: unknown entries {unknown_fields}"
+                    f"{did_you_mean(unknown_fields[0], valid)}; valid: {', '.join(valid)}"
+                )
             try:
                 options[key] = config(**spec[key])
             except TypeError as error:

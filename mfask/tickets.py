@@ -278,6 +278,28 @@ class TicketLedger:
             found.append(keys[close[0]] if close else None)
         return found
 
+    def nearest_pending(
+        self, theta: np.ndarray, fidelity: int, scale: np.ndarray
+    ) -> tuple[int, np.ndarray, float] | None:
+        """The pending ticket of ``fidelity`` nearest to one row of values.
+
+        Arguments:
+            theta: ``(k,)`` values of the fidelity's used columns.
+            scale: ``(k,)`` typical scale per used column.
+
+        Returns ``(ticket id, its (k,) values, ratio)`` where ``ratio`` is the
+        tolerance the row would need to match it (the largest column
+        difference over ``scale + |value|``), or ``None`` with no pending ticket.
+        """
+        index = self._pending_by_value[fidelity]
+        if not index:
+            return None
+        keys = list(index)
+        values = np.stack([np.frombuffer(k, dtype=np.float64) for k in keys])
+        ratios = (np.abs(values - theta) / (scale + np.abs(theta))).max(axis=1)
+        best = int(np.argmin(ratios))
+        return int(index[keys[best]][0]), values[best].copy(), float(ratios[best])
+
     # ------------------------------------------------------------------ record
     def record(self, ids: np.ndarray, x: np.ndarray, failed: np.ndarray) -> None:
         """Store results ``x`` ``(n, *x_shape)`` for pending tickets ``ids``."""

@@ -8,7 +8,8 @@ message that says what was expected and what came.
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from mfask.errors import InvalidInputError
 
-__all__ = ["as_numeric_array", "as_theta", "as_ticket_ids", "positive_int"]
+__all__ = ["as_numeric_array", "as_theta", "as_ticket_ids", "positive_int", "did_you_mean"]
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
@@ -127,3 +128,11 @@ def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
     if maximum is not None and value > maximum:
         raise InvalidInputError(f"{name} must be at most {maximum:_}; got {value!r}")
     return int(value)
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``" (did you mean 'Normal'?)"`` for a near miss of one of ``choices``
+    (a different case, or a close spelling), else ``""``."""
+    by_case = [choice for choice in choices if choice.lower() == word.lower()]
+    close = by_case or difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -498,3 +498,25 @@ def test_constructor_validation():
     with pytest.raises(mfask.InvalidInputError, match="num_bins"):
         FlowConfig(num_bins=0)
     assert MultiFidelityPosterior(prior).seed >= 0  # None draws and records a seed
+
+
+def test_a_single_fidelity_needs_no_name_in_ask_or_tell():
+    prior = BoxUniform([0.0, 0.0], [1.0, 1.0])
+    post = MultiFidelityPosterior(prior, seed=0)
+    named = MultiFidelityPosterior(prior, seed=0).ask("high", 4)
+    batch = post.ask(4)
+    assert batch.fidelity == "high" and np.array_equal(batch.theta, named.theta)
+    assert post.ask(n=2).ticket_ids.tolist() == [4, 5]
+    result = post.tell(batch.theta, batch.theta * 2.0)
+    assert result.num_done == 4 and list(result.ticket_ids) == [0, 1, 2, 3]
+    assert post.tell(np.array([4, 5]), np.ones((2, 2))).num_done == 2  # ids stay ids
+
+
+def test_several_fidelities_still_need_the_name():
+    post = MultiFidelityPosterior(BoxUniform([0.0], [1.0]), ["low", "high"], seed=0)
+    with pytest.raises(mfask.InvalidInputError, match="needs the fidelity when there are several"):
+        post.ask(3)
+    theta = post.ask("low", 3).theta
+    with pytest.raises(mfask.InvalidInputError, match="needs the fidelity"):
+        post.tell(theta, theta)
+    assert post.num_simulations(status="pending") == 3

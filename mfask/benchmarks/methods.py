@@ -302,6 +302,7 @@ def _new_posterior(task: Task, fidelities: Sequence[str], seed: int, config: Met
         embedding_net=embedding_for(task),
         parameter_space=config.parameter_space,
         transfer_guard=config.transfer_guard,
+        verbose=False,  # the benchmark runner reports progress per job
         **kwargs,
     )
 
