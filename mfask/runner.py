@@ -154,8 +154,10 @@ def run(
         adopt_pending: run the fidelity's pending tickets first (left by an
             interrupted run). Two runners on one study would then run the
             same pending tickets; the second result is ignored.
-        progress: print progress lines (count, failures, rate, ETA) to
-            standard error every ``progress_interval`` seconds.
+        progress: print progress lines (count toward the budget, failures,
+            retries, rate and ETA once a few results have come; see
+            :mod:`mfask.progress`) to standard error every
+            ``progress_interval`` seconds.
 
     Returns a :class:`RunReport`. Raises :class:`KeyboardInterrupt` after
     Ctrl-C (everything told so far is in the study).
@@ -250,10 +252,9 @@ def _run_fidelity(
                     with interrupt.deferred():
                         ok = _tell(study, outcome)
                         if ok is not None:  # else told by someone else meanwhile
-                            told += 1
                             report.done += ok
                             report.failed += not ok
-                            progress.update(1, int(not ok))
+                            progress.update(1, int(not ok), retries=attempts.get(outcome.ticket, 0) > 0)
                             if not ok:
                                 failed_tickets.append(outcome.ticket)
             finally:

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 
+import mfask.progress
 from mfask import BoxUniform, FlowConfig, TrainingConfig
+from mfask.progress import (
+    MIN_RESULTS_FOR_RATE,
+    MIN_SECONDS_FOR_RATE,
+    Progress,
+    format_duration,
+)
 from mfask.runner import run
 from mfask.study import NON_FINITE_REASON, create_study
 
@@ -155,3 +164,47 @@ def test_dask_cluster_gives_the_same_data_as_loky(tmp_path):
     assert data_by_ticket(via_joblib) == expected
     for study in (on_loky, via_executor, via_joblib):
         study.close()
+
+
+def test_progress_shows_rate_and_eta_only_after_enough_results_and_time(monkeypatch):
+    clock = types.SimpleNamespace(now=100.0)
+    monkeypatch.setattr(mfask.progress, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    lines = io.StringIO()
+    progress = Progress("low", 1000, interval=0.0, stream=lines)
+    clock.now += 6.0  # the workers start: the first result comes late
+    for _ in range(MIN_RESULTS_FOR_RATE - 1):
+        progress.update()
+        clock.now += 1.0
+    progress.update()  # enough results, and more than enough time since the first
+    printed = lines.getvalue().splitlines()
+    assert all("/s" not in line and "ETA" not in line for line in printed[:-1])
+    rate = (MIN_RESULTS_FOR_RATE - 1) / (MIN_RESULTS_FOR_RATE - 1.0)  # from the first result on
+    remaining = 1000 - MIN_RESULTS_FOR_RATE
+    assert printed[-1] == (f"[mfask] low: {MIN_RESULTS_FOR_RATE}/1000 told, {rate:.3g}/s, "
+                           f"ETA {format_duration(remaining / rate)}")
+
+    quick = Progress("high", 100, interval=0.0, stream=io.StringIO())
+    for _ in range(3 * MIN_RESULTS_FOR_RATE):  # many results, too little time
+        quick.update()
+        clock.now += MIN_SECONDS_FOR_RATE / (4 * MIN_RESULTS_FOR_RATE)
+    assert quick.rate is None and "/s" not in quick.line()
+
+
+def test_progress_counts_retries_apart_from_the_budget(tmp_path):
+    study = make_study(tmp_path / "s.mfask")
+    lines = io.StringIO()
+    report = run(study, {"low": noisy}, {"low": 20}, backend="threading", n_jobs=2, retries=1,
+                 progress_interval=0.0, progress_stream=lines)
+    low = report.fidelities["low"]
+    assert low.retried > 0
+    printed = lines.getvalue().splitlines()
+    told = [int(re.search(r"low: (\d+)/20 told", line).group(1)) for line in printed]
+    assert max(told) == 20 and told == sorted(told)
+    retries_failed = sum(r.status == "failed" for r in study.tickets(fidelity="low") if r.source == "retry")
+    failed_firsts = low.failed - retries_failed
+    expected_tail = f"20/20 told ({failed_firsts} failed), {low.retried} retried"
+    if retries_failed:
+        expected_tail += f" ({retries_failed} failed again)"
+    assert expected_tail in printed[-1]
+    assert all("/s" not in line for line in printed[: MIN_RESULTS_FOR_RATE - 1])
+    study.close()
