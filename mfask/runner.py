@@ -10,8 +10,9 @@
               budgets={"low": 2000, "high": 100})
 
 It asks the study for tickets, runs each simulation as its own task through
-joblib (loky processes by default; any joblib backend, e.g. ``"dask"`` with a
-``dask.distributed`` client, or ``"ray"``) or through any
+joblib (loky processes by default; any joblib backend that returns results as
+they complete, e.g. ``"dask"`` with a ``dask.distributed`` client), through
+ray's own task API (``backend="ray"``), or through any
 ``concurrent.futures`` executor (``client.get_executor()`` of dask, a
 ``ProcessPoolExecutor``...), and tells each result to the study as soon as it
 arrives, so finished work is on disk at once.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import sys
 import threading
 import time
 import types
@@ -141,10 +143,15 @@ def run(
         budgets: the wanted number of simulated parameter draws per
             fidelity: done + failed tickets in the study, not counting
             retries.
-        n_jobs: parallel simulations for joblib (``-1``: all cores).
+        n_jobs: parallel simulations (``-1``: all cores; with ray, all the
+            CPUs of the ray cluster).
         backend: a joblib backend name or instance (``"loky"``,
-            ``"threading"``, ``"dask"``, ``"ray"``...). Ignored with
-            ``executor``.
+            ``"threading"``, ``"dask"``...; one that cannot return results
+            as they complete, such as ``"multiprocessing"``, is refused with
+            :class:`~mfask.errors.InvalidInputError`), or ``"ray"`` (or
+            joblib's ``RayBackend``): ray tasks through ray's own API, on the
+            running ray (``ray.init``) or a local one started for the run.
+            Ignored with ``executor``.
         executor: run tasks through this ``concurrent.futures.Executor``
             instead of joblib (e.g. ``dask.distributed.Client.get_executor()``).
         batch_size: tickets asked at a time (default: the whole remaining
@@ -154,8 +161,10 @@ def run(
         adopt_pending: run the fidelity's pending tickets first (left by an
             interrupted run). Two runners on one study would then run the
             same pending tickets; the second result is ignored.
-        progress: print progress lines (count, failures, rate, ETA) to
-            standard error every ``progress_interval`` seconds.
+        progress: print progress lines (count toward the budget, failures,
+            retries, rate and ETA once a few results have come; see
+            :mod:`mfask.progress`) to standard error every
+            ``progress_interval`` seconds.
 
     Returns a :class:`RunReport`. Raises :class:`KeyboardInterrupt` after
     Ctrl-C (everything told so far is in the study).
@@ -166,7 +175,7 @@ def run(
     try:
         plan = _check_plan(handle, simulators, budgets, retries, batch_size)
         report = RunReport()
-        engine = _ExecutorEngine(executor) if executor is not None else _JoblibEngine(n_jobs, backend)
+        engine = _engine_for(executor, backend, n_jobs)
         with _DeferredInterrupt() as interrupt, engine:
             for fidelity in plan:
                 report.fidelities[fidelity] = _run_fidelity(
@@ -250,10 +259,9 @@ def _run_fidelity(
                     with interrupt.deferred():
                         ok = _tell(study, outcome)
                         if ok is not None:  # else told by someone else meanwhile
-                            told += 1
                             report.done += ok
                             report.failed += not ok
-                            progress.update(1, int(not ok))
+                            progress.update(1, int(not ok), retries=attempts.get(outcome.ticket, 0) > 0)
                             if not ok:
                                 failed_tickets.append(outcome.ticket)
             finally:
@@ -345,6 +353,21 @@ def _close(results: Iterable[Any]) -> None:
 
 
 # ================================================================= engines
+def _engine_for(executor: concurrent.futures.Executor | None, backend: Any, n_jobs: int) -> "_Engine":
+    """The engine :func:`run` uses: the executor if given, ray's own API for
+    the ray backend (by name, or joblib's ``RayBackend`` instance), else joblib."""
+    if executor is not None:
+        return _ExecutorEngine(executor)
+    if isinstance(backend, str):
+        if backend == "ray":
+            return _RayEngine(n_jobs)
+    else:
+        ray_joblib = sys.modules.get("ray.util.joblib.ray_backend")
+        if ray_joblib is not None and isinstance(backend, ray_joblib.RayBackend):
+            return _RayEngine(n_jobs, getattr(backend, "ray_remote_args", None))
+    return _JoblibEngine(n_jobs, backend)
+
+
 class _Engine:
     """Runs a list of tasks, yielding outcomes in completion order."""
 
@@ -367,10 +390,26 @@ class _JoblibEngine(_Engine):
 
     def __enter__(self) -> "_JoblibEngine":
         from joblib import Parallel, parallel_config
+        from joblib.parallel import get_active_backend
 
         # parallel_config also registers joblib's external backends ("dask")
         self._stack.enter_context(parallel_config(backend=self._backend, n_jobs=self._n_jobs))
-        self._parallel = self._stack.enter_context(Parallel(return_as="generator_unordered"))
+        try:
+            parallel = Parallel(return_as="generator_unordered")
+        except ValueError as error:
+            active, _ = get_active_backend()
+            self._stack.close()  # leaves joblib's configuration as it was
+            if getattr(active, "supports_return_generator", True):
+                raise
+            raise InvalidInputError(
+                f"the joblib backend {self._backend!r} cannot return results as they complete, "
+                "which the runner needs to tell each one at once; use backend='loky', "
+                "'threading', 'dask' or 'ray', or executor=..."
+            ) from error
+        except BaseException:
+            self._stack.close()
+            raise
+        self._parallel = self._stack.enter_context(parallel)
         return self  # the workers are kept between batches
 
     def __exit__(self, *exc: object) -> None:
@@ -381,6 +420,75 @@ class _JoblibEngine(_Engine):
 
         call = delayed(_simulate_one)
         return self._parallel(call(simulator, t.ticket, t.theta, t.seed) for t in tasks)
+
+
+class _RayEngine(_Engine):
+    """Runs each task as a ray task (``ray.remote``), yielding outcomes as
+    ``ray.wait`` reports them.
+
+    Joblib's ray backend (``ray.util.joblib``) builds on joblib's
+    multiprocessing backend, which cannot return results as they complete, so
+    ray is driven through its own API. At most ``n_jobs`` tasks run at once
+    (``-1``: the ray cluster's CPUs, read at each batch; ``-2``: one fewer...).
+    Without a running ray (``ray.init`` not called), a local instance is
+    started (or the cluster at ``RAY_ADDRESS`` joined) and shut down at the end.
+    """
+
+    def __init__(self, n_jobs: int, remote_args: Mapping[str, Any] | None = None) -> None:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
+            raise InvalidInputError(f"n_jobs must be a non-zero integer; got {n_jobs!r}")
+        self._n_jobs = int(n_jobs)
+        self._remote_args = dict(remote_args or {})
+        self._ray: Any = None
+        self._remote: Any = None
+        self._started_ray = False
+
+    def __enter__(self) -> "_RayEngine":
+        try:
+            import ray
+        except ImportError as error:
+            raise InvalidInputError("backend='ray' needs ray: pip install 'mfask[ray]'") from error
+        self._ray = ray
+        if not ray.is_initialized():
+            ray.init()
+            self._started_ray = True
+        remote = ray.remote(_simulate_one)
+        self._remote = remote.options(**self._remote_args) if self._remote_args else remote
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._started_ray:
+            self._ray.shutdown()
+            self._started_ray = False
+
+    def _parallel_tasks(self) -> int:
+        if self._n_jobs > 0:
+            return self._n_jobs
+        cpus = int(self._ray.cluster_resources().get("CPU", 1))
+        return max(1, cpus + 1 + self._n_jobs)
+
+    def run(self, simulator: Simulator, tasks: list[_Task]) -> Iterator[_Outcome]:
+        ray = self._ray
+        simulator_ref = ray.put(simulator)  # sent to the object store once per batch
+        waiting = iter(tasks)
+        running: list[Any] = []
+        limit = self._parallel_tasks()
+
+        def submit() -> None:
+            for task in waiting:
+                running.append(self._remote.remote(simulator_ref, task.ticket, task.theta, task.seed))
+                if len(running) >= limit:
+                    return
+
+        try:
+            submit()
+            while running:
+                ready, running[:] = ray.wait(running, num_returns=1)
+                submit()  # keep the workers busy while this result is told
+                yield ray.get(ready[0])
+        finally:
+            for ref in running:  # closed early (Ctrl-C): unfinished tasks are dropped
+                ray.cancel(ref)
 
 
 class _ExecutorEngine(_Engine):

@@ -1,18 +1,29 @@
 """mfask.run: parallel simulation with per-ticket seeds, failures, Ctrl-C and
-resume, and the same data on loky and on a dask.distributed cluster."""
+resume, the same data on loky, on a dask.distributed cluster and on ray, and
+the progress lines."""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 
+import mfask.progress
 from mfask import BoxUniform, FlowConfig, TrainingConfig
+from mfask.errors import InvalidInputError
+from mfask.progress import (
+    MIN_RESULTS_FOR_RATE,
+    MIN_SECONDS_FOR_RATE,
+    Progress,
+    format_duration,
+)
 from mfask.runner import run
 from mfask.study import NON_FINITE_REASON, create_study
 
@@ -133,25 +144,126 @@ def test_ctrl_c_keeps_finished_work_and_a_rerun_completes_it(tmp_path, monkeypat
     study.close()
 
 
-def test_dask_cluster_gives_the_same_data_as_loky(tmp_path):
+BACKEND_BUDGETS = {"low": 12, "high": 4}
+BACKEND_SIMULATORS = {"low": noisy, "high": noisy}
+
+
+@pytest.fixture(scope="module")
+def loky_data(tmp_path_factory):
+    """The tickets of a loky run (retries=1) that the other backends must match."""
+    study = make_study(tmp_path_factory.mktemp("loky") / "loky.mfask")
+    run(study, BACKEND_SIMULATORS, BACKEND_BUDGETS, n_jobs=2, retries=1, progress=False)
+    data = data_by_ticket(study)
+    study.close()
+    assert len(data) > sum(BACKEND_BUDGETS.values())  # some were retried
+    return data
+
+
+def test_dask_cluster_gives_the_same_data_as_loky(tmp_path, loky_data):
     pytest.importorskip("dask")
     distributed = pytest.importorskip("distributed")
-    budgets = {"low": 12, "high": 4}
-    simulators = {"low": noisy, "high": noisy}
-    on_loky = make_study(tmp_path / "loky.mfask")
-    run(on_loky, simulators, budgets, n_jobs=2, retries=1, progress=False)
-
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster, distributed.Client(cluster) as client:
         via_executor = make_study(tmp_path / "executor.mfask")
-        run(via_executor, simulators, budgets, executor=client.get_executor(), retries=1, progress=False)
+        run(via_executor, BACKEND_SIMULATORS, BACKEND_BUDGETS, executor=client.get_executor(),
+            retries=1, progress=False)
         via_joblib = make_study(tmp_path / "joblib.mfask")
-        run(via_joblib, simulators, budgets, backend="dask", retries=1, progress=False)
+        run(via_joblib, BACKEND_SIMULATORS, BACKEND_BUDGETS, backend="dask", retries=1, progress=False)
 
-    expected = data_by_ticket(on_loky)
-    assert len(expected) >= 16
-    assert data_by_ticket(via_executor) == expected
-    assert data_by_ticket(via_joblib) == expected
-    for study in (on_loky, via_executor, via_joblib):
+    assert data_by_ticket(via_executor) == loky_data
+    assert data_by_ticket(via_joblib) == loky_data
+    for study in (via_executor, via_joblib):
         study.close()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local ray instance with two CPUs, shut down after this module. Its
+    workers get this directory on their path (they inherit the environment),
+    so they can import this module's simulators."""
+    ray = pytest.importorskip("ray")
+    path = os.pathsep.join(p for p in (os.path.dirname(__file__), os.environ.get("PYTHONPATH")) if p)
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("PYTHONPATH", path)
+        ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_gives_the_same_data_as_loky(tmp_path, loky_data, local_ray):
+    study = make_study(tmp_path / "ray.mfask")
+    progress = io.StringIO()
+    report = run(study, BACKEND_SIMULATORS, BACKEND_BUDGETS, backend="ray", n_jobs=2, retries=1,
+                 progress_interval=0.0, progress_stream=progress)
+    assert report.fidelities["low"].retried > 0
+    assert data_by_ticket(study) == loky_data
+    told = [int(n) for n in re.findall(r"low: (\d+)/12 told", progress.getvalue())]
+    assert told[:12] == list(range(1, 13))  # told one by one as they came
+    assert set(told[12:]) == {12}  # then the retries, counted apart
+    study.close()
+
+    # joblib's ray backend, passed as an instance, takes the same path
+    from ray.util.joblib.ray_backend import RayBackend
+
+    via_joblib_instance = make_study(tmp_path / "ray_backend.mfask")
+    run(via_joblib_instance, BACKEND_SIMULATORS, BACKEND_BUDGETS, backend=RayBackend(), n_jobs=2,
+        retries=1, progress=False)
+    assert data_by_ticket(via_joblib_instance) == loky_data
+    via_joblib_instance.close()
+
+
+def test_a_backend_that_cannot_stream_results_is_refused_before_anything_is_asked(tmp_path):
+    from joblib.parallel import get_active_backend
+
+    study = make_study(tmp_path / "s.mfask")
+    backend_before = type(get_active_backend()[0])
+    with pytest.raises(InvalidInputError, match="cannot return results as they complete"):
+        run(study, {"low": noisy}, {"low": 4}, backend="multiprocessing", n_jobs=2, progress=False)
+    assert study.tickets() == []
+    assert type(get_active_backend()[0]) is backend_before  # joblib's configuration restored
+    study.close()
+
+
+def test_progress_shows_rate_and_eta_only_after_enough_results_and_time(monkeypatch):
+    clock = types.SimpleNamespace(now=100.0)
+    monkeypatch.setattr(mfask.progress, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    lines = io.StringIO()
+    progress = Progress("low", 1000, interval=0.0, stream=lines)
+    clock.now += 6.0  # the workers start: the first result comes late
+    for _ in range(MIN_RESULTS_FOR_RATE - 1):
+        progress.update()
+        clock.now += 1.0
+    progress.update()  # enough results, and more than enough time since the first
+    printed = lines.getvalue().splitlines()
+    assert all("/s" not in line and "ETA" not in line for line in printed[:-1])
+    rate = (MIN_RESULTS_FOR_RATE - 1) / (MIN_RESULTS_FOR_RATE - 1.0)  # from the first result on
+    remaining = 1000 - MIN_RESULTS_FOR_RATE
+    assert printed[-1] == (f"[mfask] low: {MIN_RESULTS_FOR_RATE}/1000 told, {rate:.3g}/s, "
+                           f"ETA {format_duration(remaining / rate)}")
+
+    quick = Progress("high", 100, interval=0.0, stream=io.StringIO())
+    for _ in range(3 * MIN_RESULTS_FOR_RATE):  # many results, too little time
+        quick.update()
+        clock.now += MIN_SECONDS_FOR_RATE / (4 * MIN_RESULTS_FOR_RATE)
+    assert quick.rate is None and "/s" not in quick.line()
+
+
+def test_progress_counts_retries_apart_from_the_budget(tmp_path):
+    study = make_study(tmp_path / "s.mfask")
+    lines = io.StringIO()
+    report = run(study, {"low": noisy}, {"low": 20}, backend="threading", n_jobs=2, retries=1,
+                 progress_interval=0.0, progress_stream=lines)
+    low = report.fidelities["low"]
+    assert low.retried > 0
+    printed = lines.getvalue().splitlines()
+    told = [int(re.search(r"low: (\d+)/20 told", line).group(1)) for line in printed]
+    assert max(told) == 20 and told == sorted(told)
+    retries_failed = sum(r.status == "failed" for r in study.tickets(fidelity="low") if r.source == "retry")
+    failed_firsts = low.failed - retries_failed
+    expected_tail = f"20/20 told ({failed_firsts} failed), {low.retried} retried"
+    if retries_failed:
+        expected_tail += f" ({retries_failed} failed again)"
+    assert expected_tail in printed[-1]
+    assert all("/s" not in line for line in printed[: MIN_RESULTS_FOR_RATE - 1])
+    study.close()
