@@ -11,7 +11,7 @@ latest epoch's report: how many epochs remain at least (the early-stopping
 patience left) and at most (``max_epochs``), which bounds the wait both
 ways. Work shorter than :data:`SHOW_AFTER_SECONDS` prints nothing; longer
 work leaves its last line as a summary. In a terminal the bar redraws in
-place; into a file or a job log it writes a line at most every
+place; into a file or a job log it writes whole lines, one at most every
 :data:`LOG_INTERVAL_SECONDS`. ``verbose=False`` on the posterior (``--quiet``
 on the command line) turns it off.
 """
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mfask.training import EpochReport, TrainingConfig, TrainingHistory
 
-__all__ = ["TrainingProgress", "SHOW_AFTER_SECONDS", "LOG_INTERVAL_SECONDS"]
+__all__ = ["TrainingProgress", "LineStream", "SHOW_AFTER_SECONDS", "LOG_INTERVAL_SECONDS"]
 
 #: a bar appears only once training has taken this long
 SHOW_AFTER_SECONDS = 1.0
@@ -63,14 +63,15 @@ class TrainingProgress:
         self._bar: tqdm | None = None
         if enabled:
             stream = stream or sys.stderr
+            terminal = _is_terminal(stream)
             count = len(self._network_labels)
             networks = f"{count} networks, " if count > 1 else ""
             self._bar = tqdm(
                 desc=f"[mfask] training {label} ({networks}{num_rows} simulations)",
                 unit=" epochs",
-                file=stream,
+                file=stream if terminal else LineStream(stream),
                 delay=SHOW_AFTER_SECONDS,
-                mininterval=0.5 if _is_terminal(stream) else LOG_INTERVAL_SECONDS,
+                mininterval=0.5 if terminal else LOG_INTERVAL_SECONDS,
                 bar_format="{desc}: {n} epochs [{elapsed}, {rate_fmt}]{postfix}",
                 dynamic_ncols=True,
                 leave=True,
@@ -128,6 +129,27 @@ class TrainingProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LineStream:
+    """A text stream for tqdm that writes each redraw as its own line.
+
+    tqdm redraws a bar in place with a carriage return, which a log file or a
+    job's output keeps as one ever-growing line; this writes every redraw as a
+    complete line instead (and drops the blank ones).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self._stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -112,3 +112,18 @@ def test_cli_fit_reports_epochs_stopped_early_and_seconds(tmp_path, capsys) -> N
     assert "warning: training 'high' stopped at max_epochs=4" in captured.err
     (trained,) = json.loads(captured.out)["trained"]["high"]
     assert trained["epochs"] == 4 and trained["stopped_early"] is False and trained["seconds"] > 0
+
+
+def test_progress_into_a_log_writes_whole_lines(show_at_once, monkeypatch) -> None:
+    monkeypatch.setattr(training_progress, "LOG_INTERVAL_SECONDS", 0.0)
+    stream = io.StringIO()  # not a terminal
+    config = TrainingConfig(max_epochs=100, stop_after_epochs=20)
+    progress = TrainingProgress("low", ["network"], 50, config, stream=stream)
+    callback = progress.callback(0)
+    for epoch in range(3):
+        callback(EpochReport(epoch, 1.0, 1.0, 1.0, 0))
+    progress.finish([TrainingHistory(train_loss=[0.0] * 3, stopped_early=True)])
+    lines = stream.getvalue().split("\n")
+    assert "\r" not in stream.getvalue()
+    assert lines[-1] == "" and all(line.startswith("[mfask] training low") for line in lines[:-1])
+    assert lines[-2].endswith("stopped early") and "3 epochs" in lines[-2]
