@@ -240,3 +240,54 @@ def test_plots_leave_pyplot_alone() -> None:
     pairplot(np.random.default_rng(6).normal(size=(100, 2)))
     tarp_plot([0.0, 0.5, 1.0], [0.0, 0.5, 1.0])
     assert plt.get_fignums() == before
+
+
+# --------------------------------------------- legends and ranges (issue 15, cosmetic)
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_pairplot_legend_with_long_labels_covers_no_panel(d) -> None:
+    rng = np.random.default_rng(0)
+    fig = pairplot({"reference": rng.normal(size=(500, d)),
+                    "MF-NPE posterior, HF 100 + LF 2000": rng.normal(size=(500, d))}, truth=[0.0] * d)
+    renderer = _renderer(fig)
+    legend = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not _overlaps(legend, ax.get_window_extent(renderer))
+    assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1  # not cut off either
+
+
+def test_pairplot_range_is_not_stretched_by_a_thin_long_tail() -> None:
+    rng = np.random.default_rng(1)
+    bulk = rng.normal(size=(2000, 2))
+    tail = np.column_stack([rng.uniform(20.0, 100.0, 40), rng.normal(size=40)])  # 2% far out
+    fig = pairplot(np.vstack([bulk, tail]))
+    low, high = fig.axes[0].get_xlim()
+    assert -7.0 < low < -3.0 and 3.0 < high < 9.0
+    gaussian = pairplot(bulk).axes[0].get_xlim()  # no tail: the central 99% as before
+    expected = np.quantile(bulk[:, 0], [0.005, 0.995])
+    width = expected[1] - expected[0]
+    assert gaussian == pytest.approx((expected[0] - 0.1 * width, expected[1] + 0.1 * width))
+
+
+def test_tarp_legend_stays_off_the_axes() -> None:
+    alphas = np.linspace(0, 1, 21)
+    fig = tarp_plot(alphas, alphas, num_observations=100)
+    renderer = _renderer(fig)
+    ax = fig.axes[0]
+    assert not _overlaps(ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer))
+
+
+def test_metric_vs_budget_says_one_seed() -> None:
+    fig = metric_vs_budget({"NPE": ([50, 100], np.array([[1.0], [0.5]]))}, metric_name="NLL")
+    assert fig.axes[0].get_legend().get_title().get_text() == "one seed (no error bars)"
+
+
+def _renderer(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()

@@ -87,9 +87,12 @@ def metric_vs_budget(
     ax.set_xlabel(budget_name)
     ax.set_ylabel(metric_name)
     seeds = sorted({len(values) for cells in table.values() for values in cells.values()})
-    counts = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
-    ax.legend(handles=handles, fontsize="small", title=f"mean ± {error} over {counts} seeds",
-              title_fontsize="small")
+    if seeds == [1]:
+        title = "one seed (no error bars)"
+    else:
+        counts = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+        title = f"mean ± {error} over {counts} seeds"
+    ax.legend(handles=handles, fontsize="small", title=title, title_fontsize="small")
     return ax.figure
 
 

@@ -171,5 +171,6 @@ def tarp_plot(
     ax.set_aspect("equal")
     ax.set_xlabel("credibility level α")
     ax.set_ylabel("expected coverage")
-    ax.legend(fontsize="small", loc="upper left")
+    # below the axes: inside, it would cover the band or a curve somewhere
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), borderaxespad=0.0)
     return ax.figure

@@ -40,8 +40,9 @@ def pairplot(
     The diagonal shows the 1-D histogram of each parameter (as a density),
     the lower triangle the 2-D joint of each pair as filled contours of the
     highest-density regions holding ``levels`` of the samples (of those
-    within the limits); the upper triangle is left empty and holds the
-    legend. Several sample sets (for example an exact reference and an
+    within the limits); the upper triangle is left empty and the legend
+    sits there, right of the first marginal (for two parameters, beside the
+    grid, which leaves room for long labels). Several sample sets (for example an exact reference and an
     estimate) are overlaid in different colours, and the true parameters
     are marked with black lines (and a square in the joints).
 
@@ -54,8 +55,10 @@ def pairplot(
         truth: ``(d,)`` true parameters to mark, or ``None``.
         limits: ``(d, 2)`` axis ranges ``[low, high]`` per parameter (e.g.
             the prior's bounds). By default, per parameter, the range from
-            the 0.5% to the 99.5% quantile of each set, joined over sets and
-            with ``truth``, widened by 10% of its width on each side; samples
+            the 0.5% to the 99.5% quantile of each set (but at most five
+            robust standard deviations, IQR / 1.349, from its median, so a
+            thin long tail does not squeeze the bulk into a few bins), joined
+            over sets and with ``truth``, widened by 10% of its width on each side; samples
             outside the limits are not drawn (the 1-D densities are
             normalised by the total number of samples, so they then
             integrate to less than one).
@@ -88,7 +91,10 @@ def pairplot(
     if len(palette) != len(sets):
         raise InvalidInputError(f"got {len(palette)} colors for {len(sets)} sample sets")
 
-    fig = empty_figure(figure, (panel_size * d, panel_size * d))
+    # two parameters leave one empty panel, too small for a legend: a new
+    # figure gets a column of room for it beside the grid
+    legend_room = panel_size * 1.5 if d == 2 else 0.0
+    fig = empty_figure(figure, (panel_size * d + legend_room, panel_size * d))
     grid = fig.add_gridspec(d, d)
     edges = [np.linspace(low, high, int(bins) + 1) for low, high in ranges]
     panels: dict[tuple[int, int], Axes] = {}
@@ -127,8 +133,12 @@ def pairplot(
             panels[(0, 0)].legend(handles, labels, fontsize="small")
     else:
         title = "contours hold " + ", ".join(f"{f:.0%}" for f in fractions)
-        fig.legend(handles, labels, loc="upper right", fontsize="small", title=title,
-                   title_fontsize="small")
+        style = dict(fontsize="small", title=title, title_fontsize="small")
+        if d == 2:  # one empty panel is too small for long labels: beside the grid
+            fig.legend(handles, labels, loc="outside right upper", **style)
+        else:  # in the empty upper triangle, anchored right of the first marginal
+            fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.1, 1.0),
+                       bbox_transform=panels[(0, 0)].transAxes, borderaxespad=0.0, **style)
     return fig
 
 
@@ -165,13 +175,30 @@ def _limits(
                 f"limits must have shape ({d}, 2) with low < high per row; got {ranges.tolist()}"
             )
         return ranges
-    quantiles = np.stack([np.quantile(v, [0.005, 0.995], axis=0) for v in sets.values()])  # (k, 2, d)
-    low, high = quantiles[:, 0].min(axis=0), quantiles[:, 1].max(axis=0)
+    lows, highs = zip(*(_central_range(values) for values in sets.values()))
+    low, high = np.min(lows, axis=0), np.max(highs, axis=0)
     if truth is not None:
         low, high = np.minimum(low, truth), np.maximum(high, truth)
     width = high - low
     width = np.where(width > 0, width, np.maximum(np.abs(low), 1.0))  # a constant parameter
     return np.stack([low - 0.1 * width, high + 0.1 * width], axis=1)
+
+
+#: a default axis range reaches at most this many robust standard deviations
+#: (IQR / 1.349) from the median, so that a thin long tail does not squeeze
+#: the bulk of a marginal into a few bins (a Gaussian's central 99% lies
+#: within 2.6 of them, so it is never cut)
+TAIL_CUT_SIGMAS = 5.0
+
+
+def _central_range(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per parameter of ``values`` ``(n, d)``: the 0.5% and 99.5% quantiles,
+    each no further than :data:`TAIL_CUT_SIGMAS` robust standard deviations
+    from the median. Returns two ``(d,)`` arrays."""
+    q_low, q25, median, q75, q_high = np.quantile(values, [0.005, 0.25, 0.5, 0.75, 0.995], axis=0)
+    sigma = (q75 - q25) / 1.349
+    reach = np.where(sigma > 0, TAIL_CUT_SIGMAS * sigma, np.inf)
+    return np.maximum(q_low, median - reach), np.minimum(q_high, median + reach)
 
 
 def _draw_marginal(ax: Axes, values: np.ndarray, edges: np.ndarray, color: str, label: str) -> None:
