@@ -74,7 +74,10 @@ def test_as_accurate_as_normflows_in_float32(dim: int) -> None:
     ):
         lean_grad_error = float((lean_grad.double() - truth).abs().max())
         normflows_grad_error = float((normflows_grad.double() - truth).abs().max())
-        assert lean_grad_error <= 4 * normflows_grad_error + 1e-6 * float(truth.abs().max()) + 1e-7
+        # float32 rounding of a mean over n = 300 rows, each through ~20
+        # rounded operations: about sqrt(n) * 20 * 2^-24 ~ 2e-5 of the scale
+        rounding = 2e-5 * float(truth.abs().max()) + 1e-7
+        assert lean_grad_error <= 4 * normflows_grad_error + rounding
 
 
 @pytest.mark.parametrize("conditional", [False, True])
@@ -115,16 +118,18 @@ def test_spline_is_identity_in_the_tails_and_continuous_at_the_bounds() -> None:
 def test_a_deep_copy_evaluates_its_own_weights() -> None:
     """Copies (as MF-NPE makes when a level starts from the one below) have
     an evaluator bound to the copy's layers, not the original's."""
-    original = perturbed_flow(2, 3, scale=0.1, dtype=torch.float32, seed=7)
+    # float64, where the two routes agree to rounding (test_matches_normflows_in_float64):
+    # in float32 they round differently, by amounts that depend on the CPU's kernels
+    original = perturbed_flow(2, 3, scale=0.1, dtype=torch.float64, seed=7)
     clone = copy.deepcopy(original)
     with torch.no_grad():
         for parameter in clone.parameters():
             parameter.add_(0.05)
-    z, x = torch.randn(20, 2), torch.randn(20, 3)
+    z, x = torch.randn(20, 2, dtype=torch.float64), torch.randn(20, 3, dtype=torch.float64)
     u = (z - clone.z_shift) / clone.z_scale
     torch.testing.assert_close(
         clone.log_prob(z, x), clone.flow.log_prob(u, clone.embed(x)) - torch.log(clone.z_scale).sum(),
-        rtol=1e-5, atol=1e-5,
+        rtol=1e-11, atol=1e-11,
     )
     assert not torch.allclose(clone.log_prob(z, x), original.log_prob(z, x))
 
