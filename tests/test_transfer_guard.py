@@ -273,12 +273,16 @@ def test_the_option_must_be_a_bool(value):
         MultiFidelityPosterior(PRIOR, ["low", "high"], transfer_guard=value)
 
 
-def test_progress_names_the_hf_only_candidate(capsys):
+def test_progress_names_the_hf_only_candidate(capsys, monkeypatch):
+    import mfask.training_progress as training_progress
+
+    monkeypatch.setattr(training_progress, "SHOW_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(training_progress, "LOG_INTERVAL_SECONDS", 0.0)
     guarded_posterior(verbose=True, training=TrainingConfig(max_epochs=2))
     err = capsys.readouterr().err
     # both candidates train on the 60 rows less the guard share of 6
-    assert "training high on 54 simulations" in err
-    assert "training HF-only high on 54 simulations" in err
+    assert "[mfask] training high (2 networks, 54 simulations)" in err
+    assert "HF-only network: epoch 2" in err
 
 
 # --------------------------------------------------------------- persistence
