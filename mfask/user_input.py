@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mfask.errors import InvalidInputError
 
-__all__ = ["as_numeric_array", "as_theta", "as_ticket_ids", "positive_int"]
+__all__ = ["as_numeric_array", "as_sample_shape", "as_theta", "as_ticket_ids", "positive_int"]
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
@@ -127,3 +127,19 @@ def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
     if maximum is not None and value > maximum:
         raise InvalidInputError(f"{name} must be at most {maximum:_}; got {value!r}")
     return int(value)
+
+
+def as_sample_shape(value: Any, name: str) -> tuple[int, ...]:
+    """A count ``n`` or a sample shape (a tuple, list or ``torch.Size`` of
+    positive integers, as ``torch.distributions`` and ``sbi`` take) as a
+    tuple: ``n`` -> ``(n,)``, ``()`` -> ``()`` (one draw without a sample
+    dimension)."""
+    if isinstance(value, (tuple, list)):  # torch.Size is a tuple
+        try:
+            return tuple(positive_int(size, name) for size in value)
+        except InvalidInputError:
+            raise InvalidInputError(
+                f"{name} must be a positive integer or a sample shape of positive integers; "
+                f"got {value!r}"
+            ) from None
+    return (positive_int(value, name),)
