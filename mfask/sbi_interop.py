@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mfask.errors import InvalidInputError
+from mfask.errors import InvalidInputError, UnknownFidelityError
 from mfask.posterior import MultiFidelityPosterior
 from mfask.tickets import AskBatch
 from mfask.user_input import as_numeric_array, as_sample_shape
@@ -72,8 +72,8 @@ class SbiPosterior:
                 f"got {type(posterior).__name__}"
             )
         if fidelity is not None and fidelity not in posterior.fidelity_names:
-            raise InvalidInputError(
-                f"unknown fidelity {fidelity!r}; the posterior has {list(posterior.fidelity_names)}"
+            raise UnknownFidelityError(
+                f"unknown fidelity {fidelity!r}; this posterior has {list(posterior.fidelity_names)}"
             )
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise InvalidInputError(f"dtype must be a floating torch dtype; got {dtype!r}")
@@ -245,8 +245,8 @@ class AskingProposal:
                 f"posterior must be a MultiFidelityPosterior; got {type(posterior).__name__}"
             )
         if fidelity not in posterior.fidelity_names:
-            raise InvalidInputError(
-                f"unknown fidelity {fidelity!r}; the posterior has {list(posterior.fidelity_names)}"
+            raise UnknownFidelityError(
+                f"unknown fidelity {fidelity!r}; this posterior has {list(posterior.fidelity_names)}"
             )
         self.posterior = posterior
         self.fidelity = fidelity

@@ -111,7 +111,7 @@ def test_default_x_is_used_and_required(trained_file):
     with pytest.raises(mfask.InvalidInputError, match=r"shape \(2,\)"):
         adapter.set_default_x([1.0, 2.0, 3.0])
     np.testing.assert_array_equal(adapter.default_x.numpy(), [X_O])  # unchanged
-    with pytest.raises(mfask.InvalidInputError, match="unknown fidelity"):
+    with pytest.raises(mfask.UnknownFidelityError, match="unknown fidelity"):
         SbiPosterior(post, "medium")
 
 
@@ -231,5 +231,5 @@ def test_asking_proposal_makes_simulate_for_sbi_fill_mfask_tickets():
     assert post.num_simulations("high", "pending") == 0
     told_theta, _ = post.data("high")
     np.testing.assert_array_equal(told_theta, proposal.batches[0].theta)  # the asked values, not float32 ones
-    with pytest.raises(mfask.InvalidInputError, match="unknown fidelity"):
+    with pytest.raises(mfask.UnknownFidelityError, match="unknown fidelity"):
         AskingProposal(post, "medium")
