@@ -32,6 +32,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from mfask.errors import InvalidInputError, NotEnoughDataError, UnknownFidelityError
+from mfask.fidelity import Fidelity
 from mfask.posterior import MultiFidelityPosterior
 from mfask.user_input import as_numeric_array, positive_int
 
@@ -48,7 +49,7 @@ def to_arviz(
     posterior: MultiFidelityPosterior,
     x: Any,
     *,
-    fidelity: str | Sequence[str] | None = None,
+    fidelity: str | Fidelity | Sequence[str | Fidelity] | None = None,
     num_draws: int = 1000,
     kind: ArvizKind = "auto",
 ) -> Any:
@@ -96,8 +97,9 @@ def to_arviz(
             f"parameter name(s) {clashes} are ArviZ dimension names here ({list(RESERVED_DIMS)}); "
             "rename the prior's parameters"
         )
-    several_fidelities = fidelity is not None and not isinstance(fidelity, str)
-    fidelities: list[str | None] = list(fidelity) if several_fidelities else [fidelity]  # type: ignore[arg-type]
+    several_fidelities = fidelity is not None and not isinstance(fidelity, (str, Fidelity))
+    chosen = list(fidelity) if several_fidelities else [fidelity]  # type: ignore[arg-type]
+    fidelities: list[str | None] = [f.name if isinstance(f, Fidelity) else f for f in chosen]
     if not fidelities:
         raise InvalidInputError("fidelity must name at least one fidelity")
     unknown = [name for name in fidelities if name is not None and name not in posterior.fidelity_names]
@@ -128,7 +130,7 @@ def to_arviz(
     dims = {name: variable_dims for name in names}
     attrs: dict[str, Any] = {"inference_library": "mfask"}
     if fidelity is not None:
-        attrs["fidelity"] = list(fidelities) if several_fidelities else fidelity
+        attrs["fidelity"] = list(fidelities) if several_fidelities else fidelities[0]
     if resolved_kind == "datatree":
         arviz_base = importlib.import_module("arviz_base")
         return arviz_base.from_dict(

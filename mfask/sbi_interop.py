@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from mfask.errors import InvalidInputError, UnknownFidelityError
+from mfask.fidelity import Fidelity
 from mfask.posterior import MultiFidelityPosterior
 from mfask.tickets import AskBatch
 from mfask.user_input import as_numeric_array, as_sample_shape
@@ -61,11 +62,13 @@ class SbiPosterior:
     def __init__(
         self,
         posterior: MultiFidelityPosterior,
-        fidelity: str | None = None,
+        fidelity: str | Fidelity | None = None,
         *,
         default_x: Any = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        if isinstance(fidelity, Fidelity):
+            fidelity = fidelity.name
         if not isinstance(posterior, MultiFidelityPosterior):
             raise InvalidInputError(
                 f"posterior must be a MultiFidelityPosterior (for a Study pass study.posterior); "
@@ -239,7 +242,9 @@ class AskingProposal:
     batches (e.g. to ``abandon`` them if the simulations fail).
     """
 
-    def __init__(self, posterior: MultiFidelityPosterior, fidelity: str) -> None:
+    def __init__(self, posterior: MultiFidelityPosterior, fidelity: str | Fidelity) -> None:
+        if isinstance(fidelity, Fidelity):
+            fidelity = fidelity.name
         if not isinstance(posterior, MultiFidelityPosterior):
             raise InvalidInputError(
                 f"posterior must be a MultiFidelityPosterior; got {type(posterior).__name__}"

@@ -96,7 +96,7 @@ def test_samples_per_fidelity_and_observation_summarised_by_arviz(trained_file, 
 def test_one_observation_at_one_fidelity_has_only_chain_and_draw(trained_file, kind):
     summary = summary_of(kind)
     post, twin = twins(trained_file)
-    data = to_arviz(post, XS[1], fidelity="high", num_draws=250, kind=kind)
+    data = to_arviz(post, XS[1], fidelity=mfask.Fidelity("high"), num_draws=250, kind=kind)  # or "high"
     group = posterior_group(data, kind)
     assert dict(group.sizes) == {"chain": 1, "draw": 250}
     assert group.attrs["fidelity"] == "high"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,6 +115,10 @@ def test_default_x_is_used_and_required(trained_file):
     np.testing.assert_array_equal(adapter.default_x.numpy(), [X_O])  # unchanged
     with pytest.raises(mfask.UnknownFidelityError, match="unknown fidelity"):
         SbiPosterior(post, "medium")
+    low = SbiPosterior(post, mfask.Fidelity("low"), default_x=X_O)  # a Fidelity works as its name
+    assert low.fidelity == "low"
+    with pytest.raises(mfask.NotEnoughDataError, match="'low' has 0"):
+        low.sample((2,))
 
 
 def test_map_has_sbi_shape_and_is_cached_per_default_x(trained_file):
@@ -233,3 +239,18 @@ def test_asking_proposal_makes_simulate_for_sbi_fill_mfask_tickets():
     np.testing.assert_array_equal(told_theta, proposal.batches[0].theta)  # the asked values, not float32 ones
     with pytest.raises(mfask.UnknownFidelityError, match="unknown fidelity"):
         AskingProposal(post, "medium")
+
+
+# ------------------------------------------------------------------ example
+def test_interop_example_runs_at_small_size(tmp_path, capsys):
+    pytest.importorskip("arviz")
+    path = Path(__file__).resolve().parents[1] / "examples" / "interop.py"
+    spec = importlib.util.spec_from_file_location("interop_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--low", "200", "--high", "40", "--plot", str(tmp_path / "pairplot.png")])
+    output = capsys.readouterr().out
+    assert "told 200 low-fidelity simulations" in output and "told 40 high-fidelity" in output
+    assert output.count("SBC ranks of") == 2 and "MAP at x_o:" in output
+    assert "b[high, 2]" in output  # the ArviZ summary: per parameter, fidelity and observation
+    assert (tmp_path / "pairplot.png").stat().st_size > 1000
