@@ -21,6 +21,7 @@ several observations are ``(m, *x_shape)``. Arrays returned are numpy float64.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from mfask.errors import (
 )
 from mfask.estimator import ConditionalFlow, FlowConfig
 from mfask.fidelity import Fidelity, FidelitySpec, ask_target, resolve_fidelities
+from mfask.map_estimate import MapSettings, maximum_a_posteriori
 from mfask.parameter_space import ParameterSpace, ParameterSpaceName
 from mfask.posterior_density import PosteriorDensity
 from mfask.priors import Prior, prior_from_spec
@@ -69,7 +71,7 @@ from mfask.transfer_guard import TransferChoice, compare_candidates, guard_share
 from mfask.acquisition import AcquisitionConfig, resolve_acquisition
 from mfask.ensemble import train_members
 from mfask.sequential import FirstRound, ProposalContext, RoundInfo, SequentialConfig, SequentialState
-from mfask.user_input import as_numeric_array, as_theta, as_ticket_ids, positive_int
+from mfask.user_input import as_numeric_array, as_sample_shape, as_theta, as_ticket_ids, positive_int
 
 __all__ = ["MAX_ASK", "MultiFidelityPosterior", "TellResult", "SimulationFailedWarning"]
 
@@ -939,19 +941,52 @@ class MultiFidelityPosterior:
             state.density_fit = state.fit_count
         return state.density
 
-    def sample(self, n: int, x: Any, *, fidelity: str | None = None) -> np.ndarray:
-        """Draw ``n`` samples ``(n, d)`` from the posterior at one observation ``x``."""
-        n = positive_int(n, "n")
+    def sample(self, n: int | Sequence[int], x: Any, *, fidelity: str | None = None) -> np.ndarray:
+        """Draw ``n`` samples ``(n, d)`` from the posterior at one observation ``x``.
+
+        ``n`` may also be a sample shape (a tuple or ``torch.Size``, as in
+        ``torch.distributions`` and ``sbi``): ``(n,)`` gives ``(n, d)``,
+        ``(a, b)`` gives ``(a, b, d)``, ``()`` one draw ``(d,)``.
+        """
+        shape = as_sample_shape(n, "n")
         observations = self._check_observations(x, single=True)
         density = self.posterior(fidelity)
-        return density.sample(n, observations, self._sample_generator)[0].numpy()
+        draws = density.sample(math.prod(shape), observations, self._sample_generator)[0]
+        return draws.reshape(*shape, self.prior.dim).numpy()
 
-    def sample_batched(self, n: int, xs: Any, *, fidelity: str | None = None) -> np.ndarray:
-        """Draw ``n`` samples per observation: ``xs (m, *x_shape)`` -> ``(m, n, d)``."""
-        n = positive_int(n, "n")
+    def sample_batched(self, n: int | Sequence[int], xs: Any, *, fidelity: str | None = None) -> np.ndarray:
+        """Draw ``n`` samples per observation: ``xs (m, *x_shape)`` -> ``(m, n, d)``
+        (for a sample shape ``n``, see :meth:`sample`: ``(m, *n, d)``)."""
+        shape = as_sample_shape(n, "n")
         observations = self._check_observations(xs, single=False)
         density = self.posterior(fidelity)
-        return density.sample(n, observations, self._sample_generator).numpy()
+        draws = density.sample(math.prod(shape), observations, self._sample_generator)
+        return draws.reshape(observations.shape[0], *shape, self.prior.dim).numpy()
+
+    def map(
+        self,
+        x: Any,
+        *,
+        fidelity: str | None = None,
+        num_samples: int = 1000,
+        num_starts: int = 10,
+        num_steps: int = 50,
+    ) -> np.ndarray:
+        """The maximum a posteriori estimate ``(d,)`` at one observation ``x``.
+
+        The best of ``num_samples`` posterior samples by ``log_prob``, refined
+        by ``num_steps`` gradient-ascent steps from each of the
+        ``num_starts`` best (in the prior's unbounded space, so it stays
+        inside the support; ``num_steps=0`` returns the best sample); the
+        result is never worse than the best sample. The samples come from
+        the same random stream as :meth:`sample`. See
+        :mod:`mfask.map_estimate`.
+        """
+        settings = MapSettings(num_samples=num_samples, num_starts=num_starts, num_steps=num_steps)
+        observation = self._check_observations(x, single=True)
+        density = self.posterior(fidelity)
+        theta, _ = maximum_a_posteriori(density, observation, self._sample_generator, settings)
+        return theta.numpy()
 
     def log_prob(self, theta: Any, x: Any, *, fidelity: str | None = None) -> np.ndarray:
         """``log q(theta | x)`` ``(n,)`` for parameters ``(n, d)`` at one observation

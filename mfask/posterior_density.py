@@ -90,12 +90,15 @@ class PosteriorDensity:
         """Ensemble size ``K``."""
         return len(self.members)
 
-    def member_log_probs(self, theta: Tensor, x: Tensor) -> Tensor:
+    def member_log_probs(self, theta: Tensor, x: Tensor, *, track_gradients: bool = False) -> Tensor:
         """Each member's ``log q_k(theta | x)``, shape ``(K, n)``.
 
         Arguments:
             theta: ``(n, d)`` float64 parameters.
             x: ``(n, *x_shape)`` paired observations.
+            track_gradients: let gradients flow back to ``theta`` (e.g. to
+                climb to the posterior's mode); the support masses are
+                constants either way.
 
         Rows outside the prior's support get ``-inf``.
         """
@@ -106,7 +109,7 @@ class PosteriorDensity:
         log_jacobian = self.space.log_abs_det_jacobian(z)
         z32, x32 = z.to(torch.float32), x.to(torch.float32)
         rows = []
-        with torch.no_grad():
+        with torch.set_grad_enabled(track_gradients):
             for member in self.members:
                 member.eval()
                 parts = [
@@ -158,9 +161,10 @@ class PosteriorDensity:
                     self._log_mass_cache[keys[i]] = values[:, j]
         return torch.stack([self._log_mass_cache[key] for key in keys], dim=1)
 
-    def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
-        """Mixture ``log q(theta | x)`` for paired rows, shape ``(n,)``."""
-        member_values = self.member_log_probs(theta, x)
+    def log_prob(self, theta: Tensor, x: Tensor, *, track_gradients: bool = False) -> Tensor:
+        """Mixture ``log q(theta | x)`` for paired rows, shape ``(n,)``
+        (``track_gradients``: see :meth:`member_log_probs`)."""
+        member_values = self.member_log_probs(theta, x, track_gradients=track_gradients)
         if self.num_members == 1:
             return member_values[0]
         return torch.logsumexp(member_values, dim=0) - math.log(self.num_members)

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.distributions import Distribution, biject_to, constraints
 
 from mfask.errors import InvalidInputError
-from mfask.user_input import as_numeric_array, did_you_mean
+from mfask.user_input import as_numeric_array, as_sample_shape, did_you_mean
 from mfask.user_input import as_theta as as_theta_tensor  # noqa: F401  (old name, kept for callers)
 
 __all__ = ["Prior", "IndependentPrior", "BoxUniform", "prior_from_spec"]
@@ -146,7 +146,9 @@ class Prior:
         vector ``(d,)``). With a ``generator`` the draws are reproducible from
         it; without one they come from torch's global random state.
         """
-        shape = _as_sample_shape(sample_shape)
+        empty = isinstance(sample_shape, (int, np.integer)) and not isinstance(sample_shape, bool) \
+            and sample_shape == 0  # no draws, as internal callers may ask
+        shape = (0,) if empty else as_sample_shape(sample_shape, "sample_shape")
         num_rows = math.prod(shape)
         if generator is None:
             columns = [m.sample((num_rows,)).to(torch.float64) for m in self.marginals]
@@ -359,25 +361,6 @@ def _marginal_arguments(kind: str) -> list[str]:
     if kind == "Uniform":  # its constraints depend on the instance
         return ["high", "low"]
     return sorted(getattr(torch.distributions, kind).arg_constraints)
-
-
-def _as_sample_shape(sample_shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:
-    """A sample shape as a tuple of non-negative ints; an int ``n`` is ``(n,)``."""
-    if isinstance(sample_shape, (bool, np.bool_)):
-        raise InvalidInputError(f"sample_shape must be an int or a tuple of ints; got {sample_shape!r}")
-    if isinstance(sample_shape, (int, np.integer)):
-        shape: tuple[Any, ...] = (int(sample_shape),)
-    else:
-        try:
-            shape = tuple(sample_shape)
-        except TypeError:
-            raise InvalidInputError(
-                f"sample_shape must be an int or a tuple of ints; got {type(sample_shape).__name__}"
-            ) from None
-    if not all(isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_)) and size >= 0
-               for size in shape):
-        raise InvalidInputError(f"sample_shape must hold non-negative ints; got {sample_shape!r}")
-    return tuple(int(size) for size in shape)
 
 
 def _check_marginal_parameters(marginal: Distribution, index: int) -> None:

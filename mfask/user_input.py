@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mfask.errors import InvalidInputError
 
-__all__ = ["as_numeric_array", "as_theta", "as_ticket_ids", "positive_int", "did_you_mean"]
+__all__ = ["as_numeric_array", "as_sample_shape", "as_theta", "as_ticket_ids", "positive_int", "did_you_mean"]
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
@@ -136,3 +136,19 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     by_case = [choice for choice in choices if choice.lower() == word.lower()]
     close = by_case or difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def as_sample_shape(value: Any, name: str) -> tuple[int, ...]:
+    """A count ``n`` or a sample shape (a tuple, list or ``torch.Size`` of
+    positive integers, as ``torch.distributions`` and ``sbi`` take) as a
+    tuple: ``n`` -> ``(n,)``, ``()`` -> ``()`` (one draw without a sample
+    dimension)."""
+    if isinstance(value, (tuple, list)):  # torch.Size is a tuple
+        try:
+            return tuple(positive_int(size, name) for size in value)
+        except InvalidInputError:
+            raise InvalidInputError(
+                f"{name} must be a positive integer or a sample shape of positive integers; "
+                f"got {value!r}"
+            ) from None
+    return (positive_int(value, name),)

@@ -6,7 +6,6 @@ Fixed seeds throughout; the tolerances are the method's, not tuned to pass.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from scipy import stats
 
 from mfask import FlowConfig, MultiFidelityPosterior

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -371,6 +370,34 @@ def test_sample_and_log_prob_shapes_and_support(trained_posterior):
     np.testing.assert_allclose(values[1], post.log_prob(batched[1], xs[1]), rtol=1e-5)
     low = post.sample(5, x_o, fidelity="low")
     assert low.shape == (5, 2)
+
+
+def test_sample_takes_a_sample_shape(tmp_path, trained_posterior):
+    """``n`` may be a sample shape (as in torch.distributions and sbi): the
+    same draws as the count, reshaped to ``(*shape, d)``."""
+    trained_posterior.save(tmp_path / "post.npz")
+    post, twin = (MultiFidelityPosterior.load(tmp_path / "post.npz") for _ in range(2))
+    x_o = simulate(np.array([[1.0, 0.3]]))[0]
+    xs = simulate(np.array([[1.0, 0.3], [2.0, 0.5], [0.5, 0.2]]))
+    np.testing.assert_array_equal(post.sample((6,), x=x_o), twin.sample(6, x_o))
+    np.testing.assert_array_equal(post.sample(torch.Size([2, 3]), x_o), twin.sample(6, x_o).reshape(2, 3, 2))
+    np.testing.assert_array_equal(post.sample((), x_o), twin.sample(1, x_o)[0])  # one draw, (d,)
+    np.testing.assert_array_equal(post.sample([4], x_o, fidelity="low"), twin.sample(4, x_o, fidelity="low"))
+    batched = post.sample_batched((2, 2), xs)
+    assert batched.shape == (3, 2, 2, 2)
+    np.testing.assert_array_equal(batched, twin.sample_batched(4, xs).reshape(3, 2, 2, 2))
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, -1), (2.5,), (True,), ("3",), [None]])
+def test_bad_sample_shape_is_rejected_without_drawing(tmp_path, trained_posterior, shape):
+    trained_posterior.save(tmp_path / "post.npz")
+    post, twin = (MultiFidelityPosterior.load(tmp_path / "post.npz") for _ in range(2))
+    x_o = simulate(np.array([[1.0, 0.3]]))[0]
+    with pytest.raises(mfask.InvalidInputError, match="sample shape of positive integers"):
+        post.sample(shape, x_o)
+    with pytest.raises(mfask.InvalidInputError, match="sample shape of positive integers"):
+        post.sample_batched(shape, x_o[None, :])
+    np.testing.assert_array_equal(post.sample(5, x_o), twin.sample(5, x_o))  # the stream did not move
 
 
 def test_log_prob_is_a_normalised_density():

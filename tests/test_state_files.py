@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
