@@ -259,8 +259,8 @@ def _parser() -> argparse.ArgumentParser:
 
 # =============================================================== commands
 def _open(args: argparse.Namespace, verbose: bool = False) -> Any:
-    """The study, lazy: its posterior (and torch) is loaded only by the calls
-    that need it (ask, fit, sample, save)."""
+    """The study, opened lazily: asks load the prior (torch), ``fit``,
+    ``sample`` and ``save`` the posterior; the other commands need neither."""
     from mfask.study import open_study
 
     return open_study(args.study, timeout=args.timeout, verbose=verbose, lazy=True)
@@ -568,7 +568,7 @@ def _check_observation_size(observation: np.ndarray, shape: tuple[int, ...], arg
            else f"put one row of {expected} numbers in {args.x_file}")
     raise CliInputError(
         f"the observation from {where} has {observation.size} number(s); each simulator "
-        f"output of this study is {layout}; {fix}"
+        f"output of this study holds {layout}; {fix}"
     )
 
 

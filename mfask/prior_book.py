@@ -20,7 +20,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from mfask.errors import InvalidInputError, OutsidePriorError, StateFormatError, UnmatchedParametersError
+from mfask.errors import (
+    InvalidInputError,
+    OutsidePriorError,
+    StateFormatError,
+    UnmatchedParametersError,
+)
 from mfask.fidelity import Fidelity, FidelitySpec
 from mfask.priors import Prior, prior_from_spec
 from mfask.state_file import generator_from_array

@@ -27,7 +27,16 @@ import numpy as np
 from mfask.errors import InvalidInputError, StateFormatError, UnknownFidelityError
 from mfask.fidelity import Fidelity, FidelitySpec, resolve_fidelities
 from mfask.state_schema import check_records
-from mfask.tickets import ABANDONED, DONE, FAILED, PENDING, SOURCES, STATUSES, AskBatch, TicketLedger
+from mfask.tickets import (
+    ABANDONED,
+    DONE,
+    FAILED,
+    PENDING,
+    SOURCES,
+    STATUSES,
+    AskBatch,
+    TicketLedger,
+)
 from mfask.user_input import as_numeric_array, as_ticket_ids
 
 __all__ = ["TicketBook", "TellResult", "SimulationFailedWarning"]
