@@ -10,32 +10,33 @@ The entry point is :class:`MultiFidelityPosterior`::
     samples = post.sample(1000, x=x_o)
 """
 
-from mfask.errors import (
-    InvalidInputError,
-    LeakageError,
-    LeakageWarning,
-    MaxEpochsWarning,
-    MfaskError,
-    NotEnoughDataError,
-    OutsidePriorError,
-    StateFormatError,
-    StudyLockedError,
-    TicketAlreadyToldError,
-    UnknownFidelityError,
-    UnknownTicketError,
-    UnmatchedParametersError,
-)
-from mfask.acquisition import AcquisitionConfig
-from mfask.estimator import FlowConfig
-from mfask.fidelity import Fidelity
-from mfask.posterior import MultiFidelityPosterior, SimulationFailedWarning, TellResult
-from mfask.priors import BoxUniform, IndependentPrior, Prior, prior_from_spec
-from mfask.runner import RunReport, run
-from mfask.sequential import RoundInfo, SequentialWarning
-from mfask.study import Study, create_study, open_study
-from mfask.tickets import AskBatch
-from mfask.training import TrainingConfig, TrainingHistory
-from mfask.transfer_guard import TransferChoice
+import importlib
+from typing import Any
+
+# Public names and the modules that define them. They are imported on first
+# use (PEP 562), so that ``import mfask`` and the ``mfask`` command's
+# bookkeeping (tell, status, export) do not import torch.
+_EXPORTS = {
+    "mfask.errors": (
+        "InvalidInputError", "LeakageError", "LeakageWarning", "MaxEpochsWarning", "MfaskError",
+        "NotEnoughDataError",
+        "OutsidePriorError", "StateFormatError", "StudyLockedError", "TicketAlreadyToldError",
+        "UnknownFidelityError", "UnknownTicketError", "UnmatchedParametersError",
+    ),
+    "mfask.acquisition": ("AcquisitionConfig",),
+    "mfask.estimator": ("FlowConfig",),
+    "mfask.fidelity": ("Fidelity",),
+    "mfask.posterior": ("MultiFidelityPosterior",),
+    "mfask.ticket_book": ("SimulationFailedWarning", "TellResult"),
+    "mfask.priors": ("BoxUniform", "IndependentPrior", "Prior", "prior_from_spec"),
+    "mfask.runner": ("RunReport", "run"),
+    "mfask.sequential": ("RoundInfo", "SequentialWarning"),
+    "mfask.study": ("Study", "create_study", "open_study"),
+    "mfask.tickets": ("AskBatch",),
+    "mfask.training": ("TrainingConfig", "TrainingHistory"),
+    "mfask.transfer_choice": ("TransferChoice",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "MultiFidelityPosterior",
@@ -75,3 +76,23 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or a submodule, ``mfask.study``...) on first use."""
+    module = _MODULE_OF.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -5,24 +5,28 @@
     mfask init    STUDY --spec spec.toml            create a study file
     mfask ask     STUDY -f low -n 20 [-o t.csv]     open tickets -> CSV
     mfask tell    STUDY results.csv [--skip-told]   CSV of results -> study
-    mfask status  STUDY [--pending]                 counts; or pending tickets (CSV/JSON)
-    mfask fit     STUDY [-f high] [--force]         train (one trainer at a time)
+    mfask status  STUDY [--pending]                 counts; or pending tickets (summary/CSV)
+    mfask fit     STUDY [-f high] [--force] [-q]    train (one trainer at a time)
     mfask sample  STUDY -n 1000 --x 0.3,1.2,...     posterior samples -> CSV
     mfask export  STUDY -o data.csv|data.npz        everything, as CSV/npz
     mfask abandon STUDY 3 4 [--reason ...]          give up on tickets
     mfask retry   STUDY 3 4 [-o t.csv]              re-ask their parameters
 
 CSV files have a header. ``ask`` writes ``ticket,fidelity,seed,<parameters>``
-(``seed``: a reproducible seed for that ticket's simulation). ``tell`` reads
-``ticket`` and the output columns; it ignores the columns ``ask`` wrote, so a
-script may append its outputs to the ask file and tell it back. Optional
-columns: ``cost`` (seconds), ``reason`` (non-empty: the simulation failed,
-for that reason) and ``metadata`` (a JSON object). An empty, ``nan`` or
-``inf`` output fails the ticket. The output columns of the first ``tell``
-are remembered; later tells must use the same ones.
+(``seed``: a reproducible seed for that ticket's simulation); a parameter
+the ticket's fidelity does not use (``Fidelity(..., parameters=[...])``) is
+an empty cell. ``tell`` reads ``ticket`` and the output columns; it ignores
+the columns ``ask`` wrote, so a script may append its outputs to the ask
+file and tell it back. Optional columns: ``cost`` (seconds), ``reason``
+(non-empty: the simulation failed, for that reason) and ``metadata`` (a JSON
+object). An empty, ``nan`` or ``inf`` output fails the ticket. The output
+columns of the first ``tell`` are remembered; later tells must use the same
+ones.
 
-Results are JSON on standard output (CSV where noted); errors are one line on
-standard error, with an exit code a script can act on:
+Results are JSON on standard output (CSV where noted). JSON about many
+tickets is a summary (counts and the lowest and highest ticket id);
+``--ids`` adds every ticket id. Errors are one line on standard error, with
+an exit code a script can act on:
 
 ====  ===================================================================
 0     success
@@ -36,7 +40,17 @@ standard error, with an exit code a script can act on:
 6     busy: another process held the study (training lock or database)
       for longer than ``--timeout``/``--wait``
 130   interrupted (Ctrl-C)
+141   standard output was closed before everything was written (e.g.
+      ``mfask status STUDY --pending --format csv | head``): the command's
+      effect on the study is committed, the rest of its output is dropped
+      quietly (141 = 128 + SIGPIPE, what the shell reports for other
+      tools cut short this way)
 ====  ===================================================================
+
+Only ``init``, ``ask``, ``fit``, ``sample`` and ``export --format state``
+import torch; ``tell``, ``status``, ``export`` (CSV, npz), ``abandon`` and
+``retry`` work on the study's records alone and start in a fraction of the
+time.
 """
 
 from __future__ import annotations
@@ -46,13 +60,17 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import traceback
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
 
 import numpy as np
+
+from mfask import __version__
 
 __all__ = ["main", "EXIT_CODES"]
 
@@ -65,6 +83,7 @@ EXIT_CODES = {
     "study_file": 5,
     "busy": 6,
     "interrupted": 130,
+    "broken_pipe": 141,
 }
 
 _OUTPUT_COLUMNS_KEY = "cli.output_columns"
@@ -84,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         return int(args.command(args) or 0)
+    except BrokenPipeError:  # the reader of standard output went away (e.g. ``| head``)
+        _discard_standard_output()
+        return EXIT_CODES["broken_pipe"]
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_CODES["interrupted"]
@@ -95,6 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     finally:
         warnings.showwarning = previous
+
+
+def _discard_standard_output() -> None:
+    """Point standard output at the null device, so that the interpreter's
+    final flush of what is still buffered does not fail on the closed pipe
+    again (and print a traceback)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # standard output is not a file descriptor (e.g. captured in a test)
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -137,8 +173,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="mfask",
         description="Multi-fidelity simulation-based inference, one study file at a time.",
         epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 not enough "
-        "data, 5 study file problem, 6 busy (locked), 130 interrupted.",
+        "data, 5 study file problem, 6 busy (locked), 130 interrupted, 141 standard "
+        "output closed early.",
     )
+    parser.add_argument("--version", action="version", version=f"mfask {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
@@ -155,26 +193,43 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--spec", required=True, help="the spec file (.toml or .json)")
     sub.add_argument("--seed", type=int, help="overrides the spec's seed")
 
+    ids_help = "also list every ticket id in the JSON summary"
+    quiet_help = "no training progress on standard error (shown by default)"
+
     sub = command("ask", _ask, "open new tickets and write them as CSV")
     sub.add_argument("-f", "--fidelity", required=True)
     sub.add_argument("-n", type=int, required=True, help="number of tickets")
-    sub.add_argument("-o", "--output", help="CSV file (default: standard output)")
+    sub.add_argument("-o", "--output", help="CSV file (default: standard output); a JSON summary is printed")
     sub.add_argument("--format", choices=("csv", "json"), default="csv")
+    sub.add_argument("--ids", action="store_true", help=ids_help + " (with -o)")
+    sub.add_argument("-q", "--quiet", action="store_true",
+                     help="no training progress (sequential asks train first)")
 
     sub = command("tell", _tell, "record results from a CSV (ticket + output columns)")
     sub.add_argument("file", help="CSV file, or - for standard input")
     sub.add_argument("--skip-told", action="store_true", help="ignore tickets already told")
     sub.add_argument("--cost", type=float, help="seconds per simulation (if no cost column)")
+    sub.add_argument("--ids", action="store_true", help=ids_help)
 
     sub = command("status", _status, "summary of the study (JSON)")
-    sub.add_argument("--pending", action="store_true", help="list pending tickets with their age")
+    sub.add_argument(
+        "--pending", action="store_true",
+        help="the pending tickets: a JSON summary (counts, lowest and highest id, oldest age), "
+        "or with --format csv a table of every one with its seed, age and parameters",
+    )
     sub.add_argument("--format", choices=("json", "csv"), default="json")
+    sub.add_argument("--ids", action="store_true", help=ids_help + " (with --pending)")
+    sub.add_argument(
+        "--full", action="store_true",
+        help="with --pending: every pending ticket as a JSON record (as the CSV table)",
+    )
 
     sub = command("fit", _fit, "train the posterior under the study's training lock")
     sub.add_argument("-f", "--fidelity", help="train up to this fidelity (default: highest with data)")
     sub.add_argument("--force", action="store_true", help="retrain even if up to date")
     sub.add_argument("--wait", type=float, help="seconds to wait for another trainer (default: wait)")
-    sub.add_argument("--verbose", action="store_true", help="print training progress")
+    sub.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+    sub.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)  # the default now
 
     sub = command("sample", _sample, "posterior samples at an observation (CSV)")
     sub.add_argument("-n", type=int, required=True)
@@ -185,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("-o", "--output")
     sub.add_argument("--format", choices=("csv", "json"), default="csv")
     sub.add_argument("--wait", type=float, help="seconds to wait for another trainer (default: wait)")
+    sub.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
 
     sub = command("export", _export, "all tickets and results as CSV or npz")
     sub.add_argument("-o", "--output", required=True, help="file to write (- for CSV on standard output)")
@@ -200,16 +256,19 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command("retry", _retry, "ask the parameters of tickets again (new tickets, CSV)")
     sub.add_argument("tickets", nargs="+", type=int)
-    sub.add_argument("-o", "--output")
+    sub.add_argument("-o", "--output", help="CSV file (default: standard output); a JSON summary is printed")
     sub.add_argument("--format", choices=("csv", "json"), default="csv")
+    sub.add_argument("--ids", action="store_true", help=ids_help + " (with -o)")
     return parser
 
 
 # =============================================================== commands
 def _open(args: argparse.Namespace, verbose: bool = False) -> Any:
+    """The study, opened lazily: asks load the prior (torch), ``fit``,
+    ``sample`` and ``save`` the posterior; the other commands need neither."""
     from mfask.study import open_study
 
-    return open_study(args.study, timeout=args.timeout, verbose=verbose)
+    return open_study(args.study, timeout=args.timeout, verbose=verbose, lazy=True)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -231,44 +290,70 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    with _open(args) as study:
+    with _open(args, verbose=not args.quiet) as study:
         batch = study.ask(args.fidelity, args.n)
-        _write_tickets(study, batch, args.output, args.format)
+        _write_tickets(study, batch, args)
     return 0
 
 
 def _retry(args: argparse.Namespace) -> int:
     with _open(args) as study:
         batch = study.retry(np.asarray(args.tickets, dtype=np.int64))
-        _write_tickets(study, batch, args.output, args.format)
+        _write_tickets(study, batch, args)
     return 0
 
 
-def _write_tickets(study: Any, batch: Any, output: str | None, fmt: str) -> None:
+def _write_tickets(study: Any, batch: Any, args: argparse.Namespace) -> None:
+    """The tickets of an ask/retry as CSV or JSON records, to ``args.output``
+    (then a JSON summary on standard output) or to standard output."""
     seeds = study.simulator_seeds(batch)
     header = ["ticket", "fidelity", "seed", *batch.parameter_names]
+    empty = None if args.format == "json" else ""
     rows = [
-        [int(t), batch.fidelity, int(s), *(_number(v) for v in theta)]
+        [int(t), batch.fidelity, int(s),
+         *_parameter_cells(theta, batch.parameter_names, batch.used_parameters, empty)]
         for t, s, theta in zip(batch.ticket_ids, seeds, batch.theta)
     ]
-    if fmt == "json":
-        records = [dict(zip(header, row)) for row in rows]
-        if output:
-            Path(output).write_text(json.dumps(records, indent=1) + "\n")
-            _print_json({"tickets": [int(t) for t in batch.ticket_ids], "file": output})
+    if not args.output:
+        if args.format == "json":
+            _print_json([dict(zip(header, row)) for row in rows])
         else:
-            _print_json(records)
+            _write_csv(sys.stdout, header, rows)
         return
-    if output:
-        with open(output, "w", newline="") as stream:
-            _write_csv(stream, header, rows)
-        _print_json({"tickets": [int(t) for t in batch.ticket_ids], "fidelity": batch.fidelity, "file": output})
+    if args.format == "json":
+        Path(args.output).write_text(json.dumps([dict(zip(header, row)) for row in rows], indent=1) + "\n")
     else:
-        _write_csv(sys.stdout, header, rows)
+        with open(args.output, "w", newline="") as stream:
+            _write_csv(stream, header, rows)
+    _print_json({
+        "asked": len(batch), "fidelity": batch.fidelity, "file": args.output,
+        **_ticket_summary(batch.ticket_ids, args.ids),
+    })
+
+
+def _parameter_cells(
+    theta: np.ndarray, names: Sequence[str], used: Sequence[str], empty: str | None
+) -> list[float | str | None]:
+    """One ticket's parameters ``(d,)`` for a table: ``empty`` for those its
+    fidelity does not use (their values are dummies the simulator must not
+    read)."""
+    return [_number(v) if name in used else empty for name, v in zip(names, theta)]
+
+
+def _ticket_summary(ids: np.ndarray, with_ids: bool) -> dict[str, Any]:
+    """The lowest and highest of ticket ``ids`` (``None`` when there are none)
+    and, ``with_ids``, every id in order."""
+    summary: dict[str, Any] = {
+        "first_ticket": int(ids.min()) if ids.size else None,
+        "last_ticket": int(ids.max()) if ids.size else None,
+    }
+    if with_ids:
+        summary["tickets"] = [int(t) for t in ids]
+    return summary
 
 
 def _tell(args: argparse.Namespace) -> int:
-    from mfask.posterior import SimulationFailedWarning
+    from mfask.ticket_book import SimulationFailedWarning
 
     text = sys.stdin.read() if args.file == "-" else _read_text(args.file)
     with _open(args) as study:
@@ -280,7 +365,10 @@ def _tell(args: argparse.Namespace) -> int:
                 f"{json.loads(known)} (same names, same order)"
             )
         if not table["tickets"]:
-            _print_json({"told": 0, "done": 0, "failed": 0, "skipped": 0, "tickets": []})
+            _print_json({
+                "told": 0, "done": 0, "failed": 0, "skipped": 0,
+                **_ticket_summary(np.zeros(0, dtype=np.int64), args.ids),
+            })
             return 0
         cost = table["cost"] if table["cost"] is not None else args.cost
         with warnings.catch_warnings():  # the JSON below counts the failures
@@ -301,7 +389,7 @@ def _tell(args: argparse.Namespace) -> int:
             "done": result.num_done,
             "failed": result.num_failed,
             "skipped": int((result.ticket_ids < 0).sum()),
-            "tickets": told.tolist(),
+            **_ticket_summary(told, args.ids),
         })
     return 0
 
@@ -377,10 +465,18 @@ def _status(args: argparse.Namespace) -> int:
             _print_json(study.status())
             return 0
         rows = study.pending()
-        seeds = study.simulator_seeds(np.array([r.ticket for r in rows], dtype=np.int64))
-        header = ["ticket", "fidelity", "seed", "age_seconds", *study.parameter_names]
+        if args.format == "json" and not args.full:
+            _print_json(_pending_summary(rows, study.fidelity_names, args.ids))
+            return 0
+        ids = np.array([r.ticket for r in rows], dtype=np.int64)
+        seeds = study.simulator_seeds(ids)
+        names = study.parameter_names
+        used = {f.name: f.parameters or names for f in study.fidelities}
+        empty = None if args.format == "json" else ""
+        header = ["ticket", "fidelity", "seed", "age_seconds", *names]
         table = [
-            [r.ticket, r.fidelity, int(seed), round(r.age, 3), *(_number(v) for v in r.theta)]
+            [r.ticket, r.fidelity, int(seed), round(r.age, 3),
+             *_parameter_cells(r.theta, names, used[r.fidelity], empty)]
             for r, seed in zip(rows, seeds)
         ]
     if args.format == "csv":
@@ -390,8 +486,22 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pending_summary(rows: list[Any], fidelity_names: Sequence[str], with_ids: bool) -> dict[str, Any]:
+    """Pending tickets (:class:`~mfask.store.TicketRow`, oldest first) in
+    brief: how many per fidelity, the lowest and highest id, the oldest age."""
+    counts = {name: 0 for name in fidelity_names}
+    for row in rows:
+        counts[row.fidelity] += 1
+    return {
+        "pending": len(rows),
+        "per_fidelity": counts,
+        **_ticket_summary(np.array([r.ticket for r in rows], dtype=np.int64), with_ids),
+        "oldest_age_seconds": round(max(r.age for r in rows), 3) if rows else None,
+    }
+
+
 def _fit(args: argparse.Namespace) -> int:
-    with _open(args, verbose=args.verbose) as study:
+    with _open(args, verbose=not args.quiet) as study:
         histories = study.fit(args.fidelity, force=args.force, timeout=args.wait)
         status = study.status()
     _print_json({
@@ -425,10 +535,11 @@ def _sample(args: argparse.Namespace) -> int:
             raise CliInputError(f"--x must be comma-separated numbers; got {args.x!r}") from None
     else:
         x = _read_observation(args.x_file)
-    with _open(args) as study:
-        shape = study.posterior.x_shape
+    with _open(args, verbose=not args.quiet) as study:
         observation = np.asarray(x, dtype=np.float64)
-        if shape is not None and observation.size == int(np.prod(shape)):
+        shape = study.x_shape
+        if shape is not None:  # (else the study says that nothing was told yet)
+            _check_observation_size(observation, shape, args)
             observation = observation.reshape(shape)
         samples = study.sample(args.n, observation, fidelity=args.fidelity, timeout=args.wait)
         names = list(study.parameter_names)
@@ -447,6 +558,25 @@ def _sample(args: argparse.Namespace) -> int:
     else:
         _write_csv(sys.stdout, names, rows)
     return 0
+
+
+def _check_observation_size(observation: np.ndarray, shape: tuple[int, ...], args: argparse.Namespace) -> None:
+    """Raise :class:`CliInputError`, saying what to pass, unless the
+    observation has as many numbers as one simulator output (``shape``)."""
+    expected = math.prod(shape)
+    if observation.size == expected:
+        return
+    if len(shape) == 1:
+        layout = f"{expected} number(s)"
+    else:
+        layout = f"a {' x '.join(map(str, shape))} array: {expected} numbers, row after row"
+    where = "--x" if args.x is not None else args.x_file
+    fix = (f"pass --x with {expected} comma-separated numbers" if args.x is not None
+           else f"put one row of {expected} numbers in {args.x_file}")
+    raise CliInputError(
+        f"the observation from {where} has {observation.size} number(s); each simulator "
+        f"output of this study holds {layout}; {fix}"
+    )
 
 
 def _read_observation(path: str) -> list[float]:
@@ -477,7 +607,7 @@ def _export(args: argparse.Namespace) -> int:
             return 0
         rows = study.tickets()
         names = list(study.parameter_names)
-        x_shape = study.posterior.x_shape
+        x_shape = study.x_shape
         outputs = json.loads(study.info().get(_OUTPUT_COLUMNS_KEY, "null") or "null")
     width = 0 if x_shape is None else int(np.prod(x_shape))
     if outputs is None or len(outputs) != width:
@@ -487,8 +617,10 @@ def _export(args: argparse.Namespace) -> int:
         np.savez(args.output, **arrays)
         _print_json({"file": args.output, "format": "npz", "tickets": len(rows), "arrays": sorted(arrays)})
         return 0
+    # the times as Unix seconds (as stored), then as ISO 8601 UTC text
     header = ["ticket", "fidelity", "source", "round", "status", *names, *outputs,
-              "asked_at", "told_at", "cost", "reason", "metadata", "retry_of"]
+              "asked_at", "told_at", "cost", "reason", "metadata", "retry_of",
+              "asked_at_utc", "told_at_utc"]
     table = []
     for r in rows:
         x = [""] * width if r.x is None else [_number(v) for v in np.ravel(r.x)]
@@ -497,6 +629,7 @@ def _export(args: argparse.Namespace) -> int:
             r.asked_at, "" if r.told_at is None else r.told_at, "" if r.cost is None else r.cost,
             r.reason or "", "" if r.metadata is None else json.dumps(r.metadata),
             "" if r.retry_of is None else r.retry_of,
+            _utc_text(r.asked_at), _utc_text(r.told_at),
         ])
     if args.output == "-":
         _write_csv(sys.stdout, header, table)
@@ -524,6 +657,8 @@ def _export_arrays(rows: list[Any], names: list[str], width: int) -> dict[str, n
         "x": x,
         "asked_at": np.array([r.asked_at for r in rows], dtype=np.float64),
         "told_at": np.array([np.nan if r.told_at is None else r.told_at for r in rows]),
+        "asked_at_utc": np.array([_utc_text(r.asked_at) for r in rows], dtype=str),
+        "told_at_utc": np.array([_utc_text(r.told_at) for r in rows], dtype=str),
         "cost": np.array([np.nan if r.cost is None else r.cost for r in rows]),
         "reason": np.array([r.reason or "" for r in rows], dtype=str),
         "metadata": np.array(["" if r.metadata is None else json.dumps(r.metadata) for r in rows], dtype=str),
@@ -553,6 +688,14 @@ def _write_csv(stream: TextIO, header: Sequence[str], rows: Iterable[Sequence[An
     writer.writerow(header)
     writer.writerows(rows)
     stream.flush()
+
+
+def _utc_text(seconds: float | None) -> str:
+    """Unix seconds as ISO 8601 UTC text to the millisecond
+    (``2025-01-31T12:00:00.000+00:00``); empty for ``None``."""
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _number(value: float) -> float:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 from mfask.errors import InvalidInputError
-from mfask.priors import Prior
+from mfask.user_input import parameter_indices
 
 __all__ = ["Fidelity", "FidelitySpec", "resolve_fidelities", "ask_target"]
 
@@ -31,13 +31,15 @@ FidelitySpec = Union[str, Fidelity]
 
 
 def resolve_fidelities(
-    fidelities: Sequence[FidelitySpec], prior: Prior
+    fidelities: Sequence[FidelitySpec], parameter_names: Sequence[str]
 ) -> tuple[list[Fidelity], list[list[int]]]:
-    """Normalise fidelity specs (ordered low to high) against the prior.
+    """Normalise fidelity specs (ordered low to high) against the prior's
+    parameter names.
 
     Returns the fidelities with explicit parameter tuples and, per fidelity,
     the column indices of the parameters it uses.
     """
+    parameter_names = tuple(parameter_names)
     if isinstance(fidelities, (str, Fidelity)) or not len(fidelities):
         raise InvalidInputError(
             "fidelities must be a non-empty list ordered from low to high, e.g. "
@@ -52,10 +54,10 @@ def resolve_fidelities(
             raise InvalidInputError(
                 f"each fidelity must be a non-empty name or a Fidelity; got {spec!r}"
             )
-        names = tuple(spec.parameters) if spec.parameters is not None else prior.names
+        names = tuple(spec.parameters) if spec.parameters is not None else parameter_names
         if not names:
             raise InvalidInputError(f"fidelity {spec.name!r} uses no parameters")
-        index = prior.index_of(names)
+        index = parameter_indices(names, parameter_names)
         if len(set(index)) != len(index):
             raise InvalidInputError(f"fidelity {spec.name!r} lists a parameter twice")
         resolved.append(Fidelity(str(spec.name), tuple(names)))

@@ -35,17 +35,14 @@ from mfask.errors import (
     InvalidInputError,
     MaxEpochsWarning,
     NotEnoughDataError,
-    OutsidePriorError,
     StateFormatError,
-    UnknownFidelityError,
-    UnmatchedParametersError,
 )
 from mfask.estimator import ConditionalFlow, FlowConfig
-from mfask.fidelity import Fidelity, FidelitySpec, ask_target, resolve_fidelities
+from mfask.fidelity import Fidelity, FidelitySpec, ask_target
 from mfask.map_estimate import MapSettings, maximum_a_posteriori
 from mfask.parameter_space import ParameterSpace, ParameterSpaceName
 from mfask.posterior_density import PosteriorDensity
-from mfask.priors import Prior, prior_from_spec
+from mfask.priors import Prior
 from mfask.state_schema import check_state
 from mfask.state_file import (
     generator_from_array,
@@ -55,61 +52,20 @@ from mfask.state_file import (
     read_state,
     write_state,
 )
-from mfask.tickets import (
-    ABANDONED,
-    DONE,
-    FAILED,
-    PENDING,
-    SOURCES,
-    STATUSES,
-    AskBatch,
-    TicketLedger,
-)
+from mfask.prior_book import MAX_ASK, PriorBook
+from mfask.ticket_book import SimulationFailedWarning, TellResult
+from mfask.tickets import DONE, PENDING, AskBatch
 from mfask.training import TrainingConfig, TrainingHistory
 from mfask.training_progress import TrainingProgress
 from mfask.transfer_guard import TransferChoice, compare_candidates, guard_share
-from mfask.acquisition import AcquisitionConfig, resolve_acquisition
+from mfask.acquisition import resolve_acquisition
 from mfask.ensemble import train_members
 from mfask.sequential import FirstRound, ProposalContext, RoundInfo, SequentialConfig, SequentialState
-from mfask.user_input import as_numeric_array, as_sample_shape, as_theta, as_ticket_ids, positive_int
+from mfask.user_input import as_numeric_array, as_sample_shape, as_theta, positive_int
 
 __all__ = ["MAX_ASK", "MultiFidelityPosterior", "TellResult", "SimulationFailedWarning"]
 
 TransferStandardization = Literal["refit", "keep"]
-
-#: the most rows one ``ask`` hands out (larger asks are refused before any
-#: memory is allocated; ask several times for more)
-MAX_ASK = 10_000_000
-
-
-def _decimals_written(row: np.ndarray, most: int = 8) -> int | None:
-    """The fewest decimals (at most ``most``) that write every value of ``row`` exactly, if any."""
-    for decimals in range(most + 1):
-        if np.allclose(np.round(row, decimals), row, rtol=1e-13, atol=0.0):
-            return decimals
-    return None
-
-
-class SimulationFailedWarning(UserWarning):
-    """Some told simulator outputs were NaN or inf and were recorded as failed."""
-
-
-@dataclass(frozen=True)
-class TellResult:
-    """What a ``tell`` recorded.
-
-    Attributes:
-        ticket_ids: ``(n,)`` the ticket of each told row, in row order
-            (``-1`` for rows skipped with ``skip_told=True``).
-        num_done: rows recorded as successful simulations.
-        num_failed: rows recorded as failed (NaN/inf output).
-        num_external: rows that were not asked and were added as prior draws.
-    """
-
-    ticket_ids: np.ndarray
-    num_done: int
-    num_failed: int
-    num_external: int = 0
 
 
 @dataclass
@@ -145,8 +101,12 @@ class _Level:
         return list(self.hf_only) if better_is_hf else list(self.members or [])
 
 
-class MultiFidelityPosterior:
+class MultiFidelityPosterior(PriorBook):
     """Multi-fidelity neural posterior estimation driven by ask/tell.
+
+    Extends :class:`~mfask.prior_book.PriorBook` (tickets and results, asks
+    from the prior, tells by ticket or by value) with the trained models,
+    posterior queries and sequential rounds.
 
     Arguments:
         prior: the prior over the ``d`` parameters (:mod:`mfask.priors`).
@@ -208,10 +168,8 @@ class MultiFidelityPosterior:
         transfer_guard: bool = True,
         verbose: bool = True,
     ) -> None:
-        if not isinstance(prior, Prior):
-            raise InvalidInputError(
-                f"prior must be an mfask Prior (e.g. mfask.BoxUniform); got {type(prior).__name__}"
-            )
+        # the prior, fidelities, seed and match_tolerance are checked by PriorBook
+        super().__init__(prior, fidelities, seed=seed, match_tolerance=match_tolerance)
         if not isinstance(flow, FlowConfig):
             raise InvalidInputError(f"flow must be a FlowConfig; got {type(flow).__name__}")
         if not isinstance(training, TrainingConfig):
@@ -227,149 +185,21 @@ class MultiFidelityPosterior:
             )
         if not isinstance(transfer_guard, bool):
             raise InvalidInputError(f"transfer_guard must be True or False; got {transfer_guard!r}")
-        if not (isinstance(match_tolerance, (int, float)) and 0 <= match_tolerance < 1):
-            raise InvalidInputError(f"match_tolerance must be in [0, 1); got {match_tolerance!r}")
         if embedding_net is not None and not isinstance(embedding_net, nn.Module):
             raise InvalidInputError(
                 f"embedding_net must be a torch.nn.Module; got {type(embedding_net).__name__}"
             )
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 2)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise InvalidInputError(f"seed must be a non-negative integer or None; got {seed!r}")
-
         self.space = ParameterSpace(prior, parameter_space)
-        self.prior = prior
-        self.fidelities, self._used_columns = resolve_fidelities(fidelities, prior)
-        self.seed = int(seed)
         self.flow_config = flow
         self.training_config = training
         self.ensemble_size = ensemble_size
         self.transfer_standardization: TransferStandardization = transfer_standardization
-        self.match_tolerance = float(match_tolerance)
         self.transfer_guard = transfer_guard
         self.verbose = verbose
         self._embedding_template = embedding_net
-        self._ledger = TicketLedger(prior.dim, self._used_columns)
         self._levels = [_Level() for _ in self.fidelities]
-        self._x_shape: tuple[int, ...] | None = None
-        self._ask_generator = torch.Generator().manual_seed(self._stream_seed(0))
         self._sample_generator = torch.Generator().manual_seed(self._stream_seed(1))
-        self.round = 0  # the sequential round (0: none), see mfask.sequential
         self._sequence = SequentialState()
-
-    # ================================================================ basics
-    @property
-    def fidelity_names(self) -> tuple[str, ...]:
-        """Fidelity names, low to high."""
-        return tuple(f.name for f in self.fidelities)
-
-    @property
-    def x_shape(self) -> tuple[int, ...] | None:
-        """Shape of one simulator output, known after the first ``tell``."""
-        return self._x_shape
-
-    def _stream_seed(self, *keys: int) -> int:
-        """A seed derived from the master seed and ``keys`` (independent streams)."""
-        sequence = np.random.SeedSequence([self.seed, *keys])
-        return int(sequence.generate_state(1, dtype=np.uint64)[0] >> 2)
-
-    def _fidelity_index(self, fidelity: Any) -> int:
-        if isinstance(fidelity, Fidelity):
-            fidelity = fidelity.name
-        if not isinstance(fidelity, str) or fidelity not in self.fidelity_names:
-            raise UnknownFidelityError(
-                f"unknown fidelity {fidelity!r}; this posterior has {list(self.fidelity_names)}"
-            )
-        return self.fidelity_names.index(fidelity)
-
-    def num_simulations(self, fidelity: str | None = None, status: str = "done") -> int:
-        """Number of told results (``status`` "done" or "failed") or open tickets
-        ("pending"), at one fidelity or at all."""
-        if status not in STATUSES:
-            raise InvalidInputError(f"status must be one of {STATUSES}; got {status!r}")
-        code = STATUSES.index(status)
-        if fidelity is None:
-            return int(self._ledger.ids_where(status=code).shape[0])
-        return self._ledger.count(self._fidelity_index(fidelity), code)
-
-    def data(self, fidelity: str) -> tuple[np.ndarray, np.ndarray]:
-        """The successful simulations of a fidelity: ``theta (k, d)``, ``x (k, *x_shape)``."""
-        theta, x = self._ledger.successful([self._fidelity_index(fidelity)])
-        return theta.copy(), x.copy()
-
-    def pending(self, fidelity: str | None = None) -> np.ndarray:
-        """Ids of the tickets still waiting for a result."""
-        index = None if fidelity is None else self._fidelity_index(fidelity)
-        return self._ledger.ids_where(index, PENDING)
-
-    def simulator_seeds(self, tickets: Any) -> np.ndarray:
-        """A reproducible simulator seed ``(n,)`` (int64, non-negative) per
-        ticket (an :class:`AskBatch` or ticket ids), derived from :attr:`seed`
-        and the ticket id: re-running a ticket with its seed reproduces it."""
-        ids, _, _ = self._resolve_rows(tickets, None, "raise")
-        return np.array([self._stream_seed(101, int(t)) for t in ids], dtype=np.int64)
-
-    def fail(self, tickets: Any) -> np.ndarray:
-        """Record that the simulations of pending tickets failed without an
-        output (e.g. the simulator raised); they are left out of training.
-        Returns the ticket ids. (NaN/inf outputs passed to :meth:`tell` are
-        recorded as failed too.)
-
-        Raises :class:`UnknownTicketError` / :class:`TicketAlreadyToldError`,
-        leaving the object unchanged.
-        """
-        ids, _, _ = self._resolve_rows(tickets, None, "raise")
-        self._ledger.close(ids, FAILED)
-        return ids
-
-    def abandon(self, tickets: Any) -> np.ndarray:
-        """Give up on pending tickets: no result will be told for them.
-        Returns the ticket ids. Raises as :meth:`fail`."""
-        ids, _, _ = self._resolve_rows(tickets, None, "raise")
-        self._ledger.close(ids, ABANDONED)
-        return ids
-
-    def retry(self, tickets: Any) -> AskBatch:
-        """Ask the same parameters again under new tickets (source ``"retry"``).
-
-        ``tickets`` (an :class:`AskBatch` or ids, all of one fidelity) must be
-        failed, abandoned or pending; pending ones are abandoned first.
-
-        Raises :class:`InvalidInputError` for done tickets or mixed
-        fidelities, :class:`UnknownTicketError` for unknown ids; the object is
-        then unchanged.
-        """
-        ids, _, _ = self._resolve_rows(tickets, None, "raise")
-        if ids.size == 0:
-            raise InvalidInputError("retry needs at least one ticket")
-        self._ledger.check_told(ids, skip_told=True)  # raises for unknown ids
-        if np.unique(ids).size != ids.size:
-            raise InvalidInputError(f"retry got a ticket id twice: {ids.tolist()[:10]}")
-        status = self._ledger.status[ids]
-        if np.any(status == DONE):
-            raise InvalidInputError(
-                f"ticket(s) {ids[status == DONE][:5].tolist()} are done; only failed, "
-                "abandoned or pending tickets can be retried"
-            )
-        fidelities = np.unique(self._ledger.fidelity[ids])
-        if fidelities.size != 1:
-            raise InvalidInputError(
-                "retry takes tickets of one fidelity at a time; got "
-                f"{[self.fidelity_names[f] for f in fidelities]}"
-            )
-        theta = self._ledger.theta[ids].copy()
-        if np.any(status == PENDING):
-            self._ledger.close(ids[status == PENDING], ABANDONED)
-        source = np.full(ids.size, SOURCES.index("retry"), dtype=np.int8)
-        return self._open_batch(int(fidelities[0]), theta, source)
-
-    def __repr__(self) -> str:
-        counts = ", ".join(
-            f"{f.name}: {self.num_simulations(f.name)} done/{self.num_simulations(f.name, 'pending')} pending"
-            for f in self.fidelities
-        )
-        return f"MultiFidelityPosterior(d={self.prior.dim}, {counts}, round={self.round})"
 
     # =================================================================== ask
     def ask(self, fidelity: str | int | None = None, n: int | None = None, *,
@@ -401,40 +231,25 @@ class MultiFidelityPosterior:
         """
         fidelity, n = ask_target(self.fidelity_names, fidelity, n)
         index = self._fidelity_index(fidelity)
+        if not (self._sequence.active and index == len(self.fidelities) - 1):
+            return super().ask(fidelity, n, acquisition=acquisition)  # amortized: prior draws
         n = positive_int(n, "n", maximum=MAX_ASK)
-        sequential = self._sequence.active and index == len(self.fidelities) - 1
-        if not sequential and acquisition is not None and acquisition is not False:
-            raise InvalidInputError(
-                "acquisition applies to asks at the highest fidelity "
-                f"({self.fidelity_names[-1]!r}) after set_observation(x_o)"
-            )
-        wanted = self._sequence.wants_acquisition(acquisition) if sequential else None
+        wanted = self._sequence.wants_acquisition(acquisition)
         # an ask that fails part-way (out of memory, a sampler giving up,
         # an interrupt) must not move the ask stream or the round: the next
         # ask then draws what it would have drawn without the failed one
         generator_state = self._ask_generator.get_state()
-        sequence_state = self._sequence.to_state() if sequential else None
+        sequence_state = self._sequence.to_state()
         round_before = self.round
         try:
-            theta, source = self._propose(index, n, wanted)
+            theta, source = self._sequence.propose(n, wanted, self._proposal_context())
+            self.round = self._sequence.round
             return self._open_batch(index, theta, source)
         except BaseException:
             self._ask_generator.set_state(generator_state)
-            if sequence_state is not None:
-                self._sequence = SequentialState.from_state(*sequence_state)
+            self._sequence = SequentialState.from_state(*sequence_state)
             self.round = round_before
             raise
-
-    def _propose(
-        self, fidelity: int, n: int, acquisition: AcquisitionConfig | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Parameters ``(n, d)`` and source codes ``(n,)`` for a new batch."""
-        if self._sequence.active and fidelity == len(self.fidelities) - 1:
-            theta, source = self._sequence.propose(n, acquisition, self._proposal_context())
-            self.round = self._sequence.round
-            return theta, source
-        theta = self.prior.sample(n, self._ask_generator).numpy()
-        return theta, np.full(n, SOURCES.index("prior"), dtype=np.int8)
 
     # ============================================================ sequential
     def set_observation(
@@ -528,218 +343,6 @@ class MultiFidelityPosterior:
         if level == len(self.fidelities) - 1:
             return max(self.ensemble_size, self._sequence.ensemble_members)
         return self.ensemble_size
-
-    def _open_batch(self, fidelity: int, theta: np.ndarray, source: np.ndarray) -> AskBatch:
-        ids = self._ledger.open(theta, fidelity, source, self.round)
-        spec = self.fidelities[fidelity]
-        return AskBatch(
-            ticket_ids=ids,
-            theta=theta,
-            fidelity=spec.name,
-            source=tuple(SOURCES[s] for s in source),
-            round=self.round,
-            parameter_names=self.prior.names,
-            used_parameters=spec.parameters or self.prior.names,
-        )
-
-    # ================================================================== tell
-    def tell(
-        self,
-        theta_or_tickets: Any,
-        x: Any,
-        fidelity: str | None = None,
-        *,
-        unasked: Literal["raise", "prior"] = "raise",
-        skip_told: bool = False,
-    ) -> TellResult:
-        """Record simulator outputs.
-
-        Three forms:
-
-        * ``tell(theta, x, fidelity)``: rows of ``theta`` are matched to pending
-          tickets of ``fidelity`` by value (exactly, or within
-          ``match_tolerance`` for values that went through text). ``theta`` may
-          hold all ``d`` parameters or only those the fidelity uses. Rows
-          with the same value take distinct pending tickets of that value, in
-          row order; repeats beyond the number of such pending tickets are
-          unasked rows (see ``unasked``). With a single fidelity,
-          ``tell(theta, x)`` means that one (integer 1-D arrays are read as
-          ticket ids, as below).
-        * ``tell(batch, x)``: by the tickets of an :class:`AskBatch`.
-        * ``tell(ticket_ids, x)``: by integer ticket ids.
-
-        Arguments:
-            x: ``(n, *x_shape)`` outputs, row ``i`` for row/ticket ``i``
-                (numpy, torch or nested lists). Rows with NaN/inf are recorded
-                as failed simulations (warned about, left out of training).
-            unasked: with ``"prior"``, rows of ``theta`` that match no pending
-                ticket (including repeats of a value beyond its pending
-                tickets) are recorded as extra prior draws under new tickets
-                of source ``"external"`` (e.g. an archive of earlier
-                simulations); with ``"raise"`` they are an error.
-            skip_told: ignore rows whose ticket already has a result instead
-                of raising.
-
-        Raises (leaving the object unchanged): :class:`InvalidInputError`,
-        :class:`UnknownFidelityError`, :class:`UnknownTicketError`,
-        :class:`TicketAlreadyToldError`, :class:`UnmatchedParametersError`,
-        :class:`OutsidePriorError`.
-        """
-        if unasked not in ("raise", "prior"):
-            raise InvalidInputError(f"unasked must be 'raise' or 'prior'; got {unasked!r}")
-        ids, external_theta, external_fidelity = self._resolve_rows(
-            theta_or_tickets, fidelity, unasked
-        )
-        count = ids.shape[0]
-        x_array = self._check_x(x, count)
-        keep = self._ledger.check_told(ids[ids >= 0], skip_told) if count else np.zeros(0, bool)
-        record_mask = np.zeros(count, dtype=bool)
-        record_mask[np.flatnonzero(ids >= 0)[keep]] = True
-        record_mask |= ids < 0
-        failed = ~np.isfinite(x_array.reshape(count, -1)).all(axis=1)
-
-        # ---- every check has passed: change state from here on
-        if self._x_shape is None:
-            self._x_shape = tuple(x_array.shape[1:])
-        if external_theta is not None and external_theta.shape[0]:
-            source = np.full(external_theta.shape[0], SOURCES.index("external"), dtype=np.int8)
-            ids = ids.copy()
-            ids[ids < 0] = self._ledger.open(external_theta, external_fidelity, source, self.round)
-        self._ledger.record(ids[record_mask], x_array[record_mask], failed[record_mask])
-        num_failed = int(failed[record_mask].sum())
-        if num_failed:
-            fidelities = sorted({self.fidelity_names[f] for f in self._ledger.fidelity[ids[record_mask & failed]]})
-            total = sum(self.num_simulations(name, "failed") for name in fidelities)
-            warnings.warn(
-                f"{num_failed} of {count} told simulation(s) returned NaN or inf and were "
-                f"recorded as failed ({total} failed so far at {', '.join(fidelities)}); "
-                "they are left out of training",
-                SimulationFailedWarning,
-                stacklevel=2,
-            )
-        told_ids = np.where(record_mask, ids, -1)
-        return TellResult(
-            ticket_ids=told_ids,
-            num_done=int(record_mask.sum()) - num_failed,
-            num_failed=num_failed,
-            num_external=0 if external_theta is None else int(external_theta.shape[0]),
-        )
-
-    def _resolve_rows(
-        self, theta_or_tickets: Any, fidelity: str | None, unasked: str
-    ) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """Ticket ids ``(n,)`` for the told rows (``-1`` for external rows), the
-        full parameters of the external rows and their fidelity index.
-
-        Ids given by the user (an :class:`AskBatch` or integers) must all have
-        been issued (:class:`UnknownTicketError` otherwise), so that ``-1``
-        only ever marks an external row matched by value.
-        """
-        if isinstance(theta_or_tickets, AskBatch):
-            batch = theta_or_tickets
-            if fidelity is not None and fidelity != batch.fidelity:
-                raise InvalidInputError(
-                    f"the batch was asked at fidelity {batch.fidelity!r}, not {fidelity!r}"
-                )
-            ids = as_ticket_ids(batch.ticket_ids)
-            if ids is None:
-                raise InvalidInputError("the batch's ticket ids are not integers")
-            # checked here, before anything filters on the ``-1`` of external rows
-            self._ledger.check_issued(ids)
-            return ids, None, 0
-        if fidelity is None:
-            ids = as_ticket_ids(theta_or_tickets)
-            if ids is None and len(self.fidelities) > 1:
-                raise InvalidInputError(
-                    "tell(theta, x) needs the fidelity: tell(theta, x, fidelity); to tell by "
-                    "ticket pass an AskBatch or integer ticket ids"
-                )
-            if ids is not None:
-                self._ledger.check_issued(ids)
-                return ids, None, 0
-            fidelity = self.fidelity_names[0]  # the only one
-        index = self._fidelity_index(fidelity)
-        used = self._used_columns[index]
-        raw = theta_or_tickets
-        width = np.asarray(raw).shape[-1] if np.ndim(raw) >= 1 else 1
-        dim = self.prior.dim if width == self.prior.dim or len(used) == self.prior.dim else len(used)
-        theta = as_theta(raw, dim, "theta").numpy()
-        theta_used = theta[:, used] if dim == self.prior.dim else theta
-        scale = self.prior.scale.numpy()[used]
-        ids = self._ledger.plan_value_match(theta_used, index, scale, self.match_tolerance)
-        unmatched = np.flatnonzero(ids < 0)
-        if unmatched.size == 0:
-            return ids, None, index
-        if unasked != "prior":
-            pending = self._ledger.count(index, PENDING)
-            first = int(unmatched[0])
-            raise UnmatchedParametersError(
-                f"{unmatched.size} of {ids.shape[0]} row(s) of theta match no pending ticket "
-                f"at fidelity {fidelity!r} ({pending} pending), e.g. row {first}: "
-                f"{theta[first].tolist()}. "
-                + self._unmatched_hint(theta_used[first], index, scale, ids)
-            )
-        external = np.empty((unmatched.size, self.prior.dim))
-        if dim == self.prior.dim:
-            external[:] = theta[unmatched]
-        else:
-            # dummies for the parameters this fidelity does not use: prior draws
-            # from a stream of their own, so a rejected tell changes no state
-            dummies = torch.Generator().manual_seed(self._stream_seed(4, self._ledger.size))
-            external[:] = self.prior.sample(unmatched.size, dummies).numpy()
-            external[:, used] = theta[unmatched]
-        outside = ~self.prior.in_support(torch.from_numpy(external)).numpy()
-        if outside.any():
-            row = int(unmatched[np.flatnonzero(outside)[0]])
-            raise OutsidePriorError(
-                f"{int(outside.sum())} unasked row(s) lie outside the prior's support, e.g. "
-                f"row {row}: {theta[row].tolist()} (bounds {self.prior.bounds[0].tolist()} to "
-                f"{self.prior.bounds[1].tolist()})"
-            )
-        return ids, external, index
-
-    def _unmatched_hint(self, row: np.ndarray, level: int, scale: np.ndarray, matched: np.ndarray) -> str:
-        """What to do about a told row ``(k,)`` (used columns) that matches no
-        pending ticket, given the tickets ``matched`` ``(n,)`` to the call's rows."""
-        nearest = self._ledger.nearest_pending(row, level, scale)
-        unasked = ("Pass unasked='prior' only if the rows are prior draws that were never asked "
-                   "(they are then added as new tickets and the asked ones stay pending).")
-        if nearest is None:
-            return "No ticket is pending there. " + unasked
-        ticket, values, ratio = nearest
-        if ratio <= self.match_tolerance and ticket in matched:
-            taken_by = int(np.flatnonzero(matched == ticket)[0])
-            return (f"It repeats the value of row {taken_by}, which took its pending ticket {ticket}: "
-                    "a row repeated in one call takes one pending ticket of its value per repeat "
-                    "(the repeats beyond those count as unasked). " + unasked)
-        where = (f"The nearest pending ticket is {ticket}: {values.tolist()} (it would need "
-                 f"match_tolerance >= {ratio:.2g}; this posterior's is {self.match_tolerance:g}).")
-        decimals = _decimals_written(row)
-        if decimals is not None and np.allclose(np.round(values, decimals), row, rtol=1e-13, atol=1e-300):
-            return (
-                f"{where} The told values look rounded to {decimals} decimals: write theta with "
-                "full precision (e.g. '%.17g' or repr), tell by ticket id "
-                f"(tell([{ticket}, ...], x)), or build the posterior with a larger "
-                "match_tolerance. " + unasked
-            )
-        return f"{where} Tell by ticket id (tell(batch, x) or tell(ticket_ids, x)). " + unasked
-
-    def _check_x(self, x: Any, count: int) -> np.ndarray:
-        """Convert told outputs to float64 ``(count, *x_shape)``."""
-        array = as_numeric_array(x, "x")
-        if array.ndim == 1:
-            array = array.reshape(count, -1) if count == 1 else array.reshape(-1, 1)
-        if array.ndim == 0 or array.shape[0] != count:
-            raise InvalidInputError(
-                f"x must have one row per told parameter set: expected shape ({count}, ...); "
-                f"got {tuple(array.shape)}"
-            )
-        if self._x_shape is not None and tuple(array.shape[1:]) != self._x_shape:
-            raise InvalidInputError(
-                f"x rows must have shape {self._x_shape} (as earlier results, at every "
-                f"fidelity); got {tuple(array.shape[1:])}"
-            )
-        return array
 
     # ================================================================ training
     def fit(self, fidelity: str | None = None, *, force: bool = False) -> dict[str, list[TrainingHistory]]:
@@ -1088,9 +691,8 @@ class MultiFidelityPosterior:
             prior_spec = None
         return {
             "prior": prior_spec,
-            "parameter_names": list(self.prior.names),
-            "fidelities": [{"name": f.name, "parameters": list(f.parameters or ())} for f in self.fidelities],
-            "seed": self.seed,
+            **{key: value for key, value in self._records_header().items()
+               if key not in ("x_shape", "round")},  # parameter names, fidelities, seed: not the data
             "flow": self.flow_config.to_dict(),
             "training": self.training_config.to_dict(),
             "ensemble_size": self.ensemble_size,
@@ -1151,17 +753,7 @@ class MultiFidelityPosterior:
         it (:func:`mfask.state_schema.check_state`)."""
         check_state(meta, arrays, embedding_net=embedding_net is not None and meta.get("has_embedding_net") is True)
         try:
-            if prior is None:
-                if meta["prior"] is None:
-                    raise StateFormatError(
-                        "the saved prior has custom marginals; pass prior=... to load()"
-                    )
-                prior = prior_from_spec(meta["prior"])
-            if list(prior.names) != list(meta["parameter_names"]):
-                raise StateFormatError(
-                    f"the prior's parameters {list(prior.names)} differ from the saved "
-                    f"{meta['parameter_names']}"
-                )
+            prior = cls._prior_of_state(meta, prior)
             if meta["has_embedding_net"] and embedding_net is None:
                 raise StateFormatError(
                     "the posterior was saved with an embedding net; pass embedding_net=... "
@@ -1181,10 +773,7 @@ class MultiFidelityPosterior:
                 parameter_space=meta.get("parameter_space", "unbounded"),
                 transfer_guard=meta.get("transfer_guard", False),  # absent: saved before the guard
             )
-            obj._x_shape = None if meta["x_shape"] is None else tuple(int(s) for s in meta["x_shape"])
-            obj.round = int(meta["round"])
-            tickets = {k[len("tickets/"):]: v for k, v in arrays.items() if k.startswith("tickets/")}
-            obj._ledger = TicketLedger.from_arrays(prior.dim, obj._used_columns, tickets)
+            obj._restore_records(meta, arrays)
             obj._ask_generator = generator_from_array(arrays["rng/ask"])
             obj._sample_generator = generator_from_array(arrays["rng/sample"])
             obj._sequence = SequentialState.from_state(

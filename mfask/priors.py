@@ -29,6 +29,7 @@ from torch.distributions import Distribution, biject_to, constraints
 from mfask.errors import InvalidInputError
 from mfask.user_input import as_numeric_array, as_sample_shape, did_you_mean
 from mfask.user_input import as_theta as as_theta_tensor  # noqa: F401  (old name, kept for callers)
+from mfask.user_input import parameter_indices
 
 __all__ = ["Prior", "IndependentPrior", "BoxUniform", "prior_from_spec"]
 
@@ -98,12 +99,7 @@ class Prior:
 
     def index_of(self, names: Sequence[str]) -> list[int]:
         """Column indices of the given parameter names."""
-        unknown = [name for name in names if name not in self.names]
-        if unknown:
-            raise InvalidInputError(
-                f"unknown parameter name(s) {unknown}; the prior has {list(self.names)}"
-            )
-        return [self.names.index(name) for name in names]
+        return parameter_indices(names, self.names)
 
     @property
     def scale(self) -> Tensor:

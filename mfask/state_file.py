@@ -9,6 +9,10 @@ load with :class:`~mfask.errors.StateFormatError`.
 
 Writes go to a temporary file in the same folder that then atomically replaces
 the target, so a crash mid-save never leaves a truncated file behind.
+
+The format itself needs numpy only; torch is imported by the helpers that
+convert torch objects (module weights, generator states), so that a reader
+of study files that loads no model does not import it.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ import secrets
 import stat
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from mfask.errors import StateFormatError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = [
     "FORMAT_NAME",
@@ -286,6 +292,8 @@ def load_module_arrays(module: nn.Module, arrays: dict[str, np.ndarray], prefix:
     Raises :class:`StateFormatError` when a tensor is missing, unexpected, of
     the wrong shape or dtype, or holds NaN or inf.
     """
+    import torch
+
     expected = module.state_dict()
     found = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
     defaults = module.state_defaults() if hasattr(module, "state_defaults") else {}
@@ -328,6 +336,8 @@ def generator_from_array(array: np.ndarray) -> torch.Generator:
     """A torch generator restored from :func:`generator_to_array` output."""
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 1:
         raise StateFormatError("corrupt random generator state: not a 1-D uint8 array")
+    import torch
+
     generator = torch.Generator()
     try:
         generator.set_state(torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8)))

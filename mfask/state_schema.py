@@ -9,23 +9,27 @@ header accounts for and has the shape the header implies, ticket columns hold
 valid codes and finite values, and the flows the header declares are not much
 larger than the weights the file stores. A file that fails any check raises
 :class:`~mfask.errors.StateFormatError`, so loading a crafted file takes time
-and memory in proportion to its size.
+and memory in proportion to its size. :func:`check_records` checks the part a
+study's records are rebuilt from (header fields and ticket columns), for a
+lazy study that loads no model (and imports no torch).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from mfask.errors import InvalidInputError, StateFormatError
-from mfask.estimator import FlowConfig
 from mfask.tickets import DONE, SOURCES, STATUSES
-from mfask.transfer_guard import TransferChoice
+from mfask.transfer_choice import TransferChoice
 
-__all__ = ["StateLimits", "LIMITS", "check_state", "check_sizes"]
+if TYPE_CHECKING:
+    from mfask.estimator import FlowConfig
+
+__all__ = ["StateLimits", "LIMITS", "check_state", "check_records", "check_sizes"]
 
 
 @dataclass(frozen=True)
@@ -75,22 +79,12 @@ def check_state(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, em
 
     Raises :class:`StateFormatError` saying what is wrong.
     """
-    if not isinstance(meta, Mapping):
-        raise StateFormatError("the state's header is not a JSON object")
-    names = _list(meta, "parameter_names", item=str)
-    if not names:
-        raise StateFormatError("the state has no parameters")
-    fidelities = _list(meta, "fidelities", item=dict)
-    if not fidelities:
-        raise StateFormatError("the state has no fidelities")
-    x_shape = meta.get("x_shape")
-    if x_shape is not None:
-        x_shape = _list(meta, "x_shape", item=int)
+    from mfask.estimator import FlowConfig  # imports torch: only a full state needs it
+
+    names, fidelities, x_shape = _check_record_header(meta)
     levels = _list(meta, "levels", item=dict)
     if len(levels) > len(fidelities):
         raise StateFormatError(f"the state has {len(levels)} trained levels for {len(fidelities)} fidelities")
-    for key in ("round", "seed"):
-        _integer(meta, key, 0)
     # a level stores its members and, with the transfer guard, as many HF-only networks
     members = [_integer(level, "num_members", 0, 2 * LIMITS.max_ensemble_size) for level in levels]
     for level, count in zip(levels, members):
@@ -141,6 +135,38 @@ def check_state(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *, em
         raise StateFormatError(f"the sequential round's samples have shape {samples.shape}")
 
 
+def check_records(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """Check the part of a state that tickets and results are rebuilt from
+    (:class:`~mfask.ticket_book.TicketBook`): the header's parameter names,
+    fidelities, ``x_shape``, round and seed, and the ``tickets/*`` arrays.
+
+    Raises :class:`StateFormatError` saying what is wrong.
+    """
+    names, fidelities, x_shape = _check_record_header(meta)
+    if x_shape is not None:
+        _check_x_shape(x_shape, StateFormatError)
+    _check_tickets(arrays, len(names), x_shape, len(fidelities))
+
+
+def _check_record_header(meta: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]], list[int] | None]:
+    """The header fields the records need: ``(parameter_names, fidelities, x_shape)``
+    (round and seed checked too)."""
+    if not isinstance(meta, Mapping):
+        raise StateFormatError("the state's header is not a JSON object")
+    names = _list(meta, "parameter_names", item=str)
+    if not names:
+        raise StateFormatError("the state has no parameters")
+    fidelities = _list(meta, "fidelities", item=dict)
+    if not fidelities:
+        raise StateFormatError("the state has no fidelities")
+    x_shape = meta.get("x_shape")
+    if x_shape is not None:
+        x_shape = _list(meta, "x_shape", item=int)
+    for key in ("round", "seed"):
+        _integer(meta, key, 0)
+    return names, fidelities, x_shape
+
+
 def check_sizes(
     *,
     theta_dim: int,
@@ -153,13 +179,7 @@ def check_sizes(
     """Raise ``error`` when sizes exceed :data:`LIMITS`: ``x_shape``, the
     ensemble size and the flow's layers and estimated weights."""
     if x_shape is not None:
-        if not 1 <= len(x_shape) <= LIMITS.max_x_dims or any(size < 1 for size in x_shape):
-            raise error(f"x_shape must be 1 to {LIMITS.max_x_dims} positive sizes; got {list(x_shape)}")
-        if math.prod(x_shape) > LIMITS.max_x_values:
-            raise error(
-                f"x_shape {list(x_shape)} has {math.prod(x_shape)} values; at most "
-                f"{LIMITS.max_x_values} are supported"
-            )
+        _check_x_shape(x_shape, error)
     if not 1 <= ensemble_size <= LIMITS.max_ensemble_size:
         raise error(f"ensemble_size must be 1 to {LIMITS.max_ensemble_size}; got {ensemble_size}")
     layers = flow.num_transforms * flow.num_blocks
@@ -175,6 +195,16 @@ def check_sizes(
             f"the flow settings {flow.to_dict()} make a flow of about {weights} weights; at most "
             f"{LIMITS.max_flow_weights} are supported (make hidden_features, num_blocks or "
             "num_transforms smaller)"
+        )
+
+
+def _check_x_shape(x_shape: tuple[int, ...] | list[int], error: type[Exception]) -> None:
+    if not 1 <= len(x_shape) <= LIMITS.max_x_dims or any(size < 1 for size in x_shape):
+        raise error(f"x_shape must be 1 to {LIMITS.max_x_dims} positive sizes; got {list(x_shape)}")
+    if math.prod(x_shape) > LIMITS.max_x_values:
+        raise error(
+            f"x_shape {list(x_shape)} has {math.prod(x_shape)} values; at most "
+            f"{LIMITS.max_x_values} are supported"
         )
 
 

@@ -531,22 +531,44 @@ class StudyStore:
         The weights BLOB must match its SHA-256 digest and decode as a
         pickle-free state; else :class:`StateFormatError` (nothing is run).
         """
-        row = self._connection.execute(
-            "SELECT weights, sha256 FROM checkpoints WHERE id = ?", (checkpoint,)
-        ).fetchone()
-        if row is None:
-            raise StateFormatError(f"{self.path} has no checkpoint {checkpoint}")
-        blob, digest = row
-        if not isinstance(blob, bytes) or hashlib.sha256(blob).hexdigest() != digest:
-            raise StateFormatError(
-                f"{self.path}: the weights of checkpoint {checkpoint} do not match their "
-                "SHA-256 digest (the file was tampered with or is corrupt); nothing was loaded"
-            )
+        blob, _ = self._checked_checkpoint(checkpoint)
         meta, arrays = decode_state(blob, f"{self.path} checkpoint {checkpoint}")
         levels = meta.get("levels")
         if not isinstance(levels, list) or any(not name.startswith("model/") for name in arrays):
             raise StateFormatError(f"{self.path}: checkpoint {checkpoint} is malformed")
         return levels, arrays
+
+    def checkpoint_levels(self, checkpoint: int) -> list[Any]:
+        """The levels' description of a checkpoint (its ``levels`` column: fits,
+        training histories, transfer decisions), without decoding the weights.
+
+        The weights BLOB must still match its SHA-256 digest, so that a
+        tampered checkpoint is reported here too (:class:`StateFormatError`).
+        """
+        _, levels_text = self._checked_checkpoint(checkpoint)
+        try:
+            levels = json.loads(levels_text)
+        except (TypeError, json.JSONDecodeError):
+            levels = None
+        if not isinstance(levels, list):
+            raise StateFormatError(f"{self.path}: checkpoint {checkpoint} has a malformed description")
+        return levels
+
+    def _checked_checkpoint(self, checkpoint: int) -> tuple[bytes, Any]:
+        """A checkpoint's weights BLOB, checked against its digest, and its
+        ``levels`` text as stored."""
+        row = self._connection.execute(
+            "SELECT weights, sha256, levels FROM checkpoints WHERE id = ?", (checkpoint,)
+        ).fetchone()
+        if row is None:
+            raise StateFormatError(f"{self.path} has no checkpoint {checkpoint}")
+        blob, digest, levels_text = row
+        if not isinstance(blob, bytes) or hashlib.sha256(blob).hexdigest() != digest:
+            raise StateFormatError(
+                f"{self.path}: the weights of checkpoint {checkpoint} do not match their "
+                "SHA-256 digest (the file was tampered with or is corrupt); nothing was loaded"
+            )
+        return blob, levels_text
 
     # ---------------------------------------------------------------- sizes
     def file_size(self) -> int:

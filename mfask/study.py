@@ -25,6 +25,16 @@ trains on a snapshot of the data while others keep telling, then stores the
 weights as a new checkpoint in a short transaction. Other processes load the
 newest checkpoint at their next call.
 
+A study opened with ``lazy=True`` loads from the file only what its calls
+need: its records (a :class:`~mfask.ticket_book.TicketBook`: tickets,
+results, the output shape) for tells by ticket, ``fail``, ``abandon``,
+``retry``, ``status`` and ``tickets``, which import no torch; the prior and
+the ask stream (a :class:`~mfask.prior_book.PriorBook`, torch but no flows)
+for asks from the prior and tells by parameter value; the whole posterior
+(trained models, all random streams) for sequential asks, ``fit``,
+``sample``, ``save``. That keeps short-lived processes (the ``mfask``
+command) quick to start; the file is the same whichever was loaded.
+
 Example::
 
     study = mfask.create_study("run.mfask", prior, ["low", "high"], seed=0)
@@ -37,6 +47,7 @@ Example::
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
@@ -44,21 +55,27 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from mfask.errors import InvalidInputError, MfaskError, NotEnoughDataError, StateFormatError
-from mfask.fidelity import FidelitySpec, ask_target
-from mfask.posterior import MultiFidelityPosterior, TellResult
-from mfask.priors import Prior
+from mfask.fidelity import Fidelity, FidelitySpec, ask_target
+from mfask.state_file import generator_from_array, generator_to_array
 from mfask.store import StudyStore, TicketRow, study_file_path
 from mfask.study_lock import TrainingLock
+from mfask.ticket_book import TellResult, TicketBook
 from mfask.tickets import FAILED, STATUSES, AskBatch
-from mfask.training import TrainingHistory
+from mfask.transfer_choice import TransferChoice
 from mfask.user_input import as_ticket_ids
+
+if TYPE_CHECKING:  # these import torch; a study imports them when it loads what needs them
+    from torch import nn
+
+    from mfask.posterior import MultiFidelityPosterior
+    from mfask.prior_book import PriorBook
+    from mfask.priors import Prior
+    from mfask.training import TrainingHistory
 
 __all__ = ["Study", "open_study", "create_study", "TicketRow", "NON_FINITE_REASON"]
 
@@ -72,6 +89,18 @@ _GENERATORS = {"rng/ask": "_ask_generator", "rng/sample": "_sample_generator"}
 Synchronous = Literal["full", "normal"]
 
 
+class _Holds(enum.IntEnum):
+    """What a study holds in memory, each level including the ones below."""
+
+    RECORDS = 0  # a TicketBook: tickets, results (no session arrays)
+    PRIOR = 1  # a PriorBook: also the prior and the ask stream (session array rng/ask)
+    POSTERIOR = 2  # a MultiFidelityPosterior: everything, models included
+
+
+# the session arrays each level holds (a changed array held by nobody is ignored)
+_HELD_ARRAYS = {_Holds.RECORDS: (), _Holds.PRIOR: ("rng/ask",)}
+
+
 class Study:
     """A multi-fidelity posterior whose every ask, tell and fit is durable.
 
@@ -81,6 +110,9 @@ class Study:
     before returning. Use the study's methods rather than calling
     ``study.posterior`` directly: changes made on the posterior are not
     persisted (they are discarded, with a warning, at the next call).
+
+    With ``lazy=True`` the study loads from the file only what its calls
+    need (see the module doc).
 
     A ``Study`` object is not thread-safe; use one per thread or process.
     """
@@ -92,13 +124,17 @@ class Study:
         prior: Prior | None = None,
         embedding_net: nn.Module | None = None,
         verbose: bool = True,
+        lazy: bool = False,
     ) -> None:
         self._store = store
         self._lock = TrainingLock(str(store.path) + ".lock")
         self._prior = prior
         self._embedding_net = embedding_net
         self._verbose = verbose
-        self._posterior: MultiFidelityPosterior | None = None
+        # the in-memory state: a TicketBook, a PriorBook or the whole posterior
+        self._book: TicketBook | None = None
+        self._holds = _Holds.RECORDS if lazy else _Holds.POSTERIOR
+        self._observing = False  # the file's sequential rounds have an observation
         self._stale = True
         self._revision = -1  # tickets are up to date with this revision
         self._session_revision = -1  # session arrays are up to date with this one
@@ -134,7 +170,7 @@ class Study:
 
         Raises :class:`FileExistsError` if ``path`` exists.
         """
-        if not isinstance(posterior, MultiFidelityPosterior):
+        if not isinstance(posterior, _posterior_class()):
             raise InvalidInputError(
                 f"posterior must be a MultiFidelityPosterior; got {type(posterior).__name__}"
             )
@@ -172,6 +208,7 @@ class Study:
         verbose: bool = True,
         timeout: float = 60.0,
         synchronous: Synchronous = "full",
+        lazy: bool = False,
     ) -> "Study":
         """Open an existing study file.
 
@@ -183,6 +220,10 @@ class Study:
             verbose: show training progress on standard error (default);
                 ``False`` is silent.
             timeout, synchronous: as in :meth:`create`.
+            lazy: load only the records (tickets, results) now, the prior
+                and the posterior at the first call that needs them (see the
+                module doc); the trained weights are then checked at that
+                call (their digest also by :meth:`status`).
 
         Raises :class:`FileNotFoundError`, or :class:`StateFormatError` for a
         file that is not a study, has an unknown schema version or holds
@@ -190,7 +231,7 @@ class Study:
         """
         store = StudyStore.open(path, timeout=timeout, synchronous=synchronous)
         try:
-            return cls(store, prior=prior, embedding_net=embedding_net, verbose=verbose)
+            return cls(store, prior=prior, embedding_net=embedding_net, verbose=verbose, lazy=lazy)
         except BaseException:
             store.close()
             raise
@@ -212,34 +253,44 @@ class Study:
 
     @property
     def posterior(self) -> MultiFidelityPosterior:
-        """The in-memory posterior, brought up to date with the file.
+        """The in-memory posterior, brought up to date with the file (loaded
+        first if the study is lazy).
 
         Read from it freely (``data``, ``num_simulations``, ``x_shape``...);
         change the study through the study's methods only.
         """
+        self._hold(_Holds.POSTERIOR)
         self.refresh()
-        assert self._posterior is not None
-        return self._posterior
+        return self._model
 
     @property
     def fidelity_names(self) -> tuple[str, ...]:
         """Fidelity names, low to high."""
-        assert self._posterior is not None
-        return self._posterior.fidelity_names
+        return self._live.fidelity_names
+
+    @property
+    def fidelities(self) -> tuple[Fidelity, ...]:
+        """The fidelities, low to high, each naming the parameters it uses."""
+        return tuple(self._live.fidelities)
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
         """Names of the ``d`` parameters."""
-        assert self._posterior is not None
-        return self._posterior.prior.names
+        return self._live.parameter_names
+
+    @property
+    def x_shape(self) -> tuple[int, ...] | None:
+        """Shape of one simulator output (``None`` before the first result),
+        as of the last call."""
+        return self._live.x_shape
 
     def refresh(self) -> None:
-        """Bring the in-memory posterior up to date with the file."""
+        """Bring the in-memory state (records, prior or posterior) up to date with the file."""
         with self._store.transaction(write=False):
             self._sync()
 
     def __repr__(self) -> str:
-        return f"Study({str(self.path)!r}, {self._posterior!r})"
+        return f"Study({str(self.path)!r}, {self._book!r})"
 
     # ================================================================ ask/tell
     def ask(self, fidelity: str | int | None = None, n: int | None = None, **options: Any) -> AskBatch:
@@ -252,38 +303,53 @@ class Study:
         ``set_observation``) first brings the models up to date under the
         training lock, so that it does not train while holding the database.
         """
-        fidelity, n = ask_target(self._live.fidelity_names, fidelity, n)
-        if self._ask_uses_posterior(fidelity):
+        fidelity, n = ask_target(self.fidelity_names, fidelity, n)
+        if self._holds < _Holds.POSTERIOR:
+            self._hold(_Holds.PRIOR)
+            with self._writing():
+                # decided on the file as of this transaction (another process
+                # may have started sequential rounds): those need the posterior
+                if not self._asks_sequentially(fidelity):
+                    batch = self._prior_book.ask(fidelity, n, **options)
+                    self._memory_changed = True
+                    self._persist()
+                    return batch
+            self._hold(_Holds.POSTERIOR)
+        if self._asks_sequentially(fidelity):
             try:
                 self.fit()
             except NotEnoughDataError:
                 pass  # a first round: prior draws
         with self._writing():
-            batch = self._live.ask(fidelity, n, **options)
+            batch = self._model.ask(fidelity, n, **options)
             self._memory_changed = True
             self._persist()
         return batch
 
-    def _ask_uses_posterior(self, fidelity: str) -> bool:
-        post = self._live
-        return (
-            getattr(post, "observation", None) is not None
-            and fidelity == post.fidelity_names[-1]
-        )
+    def _asks_sequentially(self, fidelity: str) -> bool:
+        """Whether an ask at ``fidelity`` is a sequential round (which
+        proposes from the posterior), as of the last sync."""
+        if self._holds == _Holds.POSTERIOR:
+            observing = self._model.observation is not None
+        else:  # (only a posterior changes the rounds: the file's state holds)
+            observing = self._observing
+        return observing and fidelity == self.fidelity_names[-1]
 
     def set_observation(self, x_o: Any, **options: Any) -> None:
         """Start sequential rounds at ``x_o``; see
         :meth:`MultiFidelityPosterior.set_observation`. Persisted."""
+        self._hold(_Holds.POSTERIOR)
         with self._writing():
-            self._live.set_observation(x_o, **options)
+            self._model.set_observation(x_o, **options)
             self._memory_changed = True
             self._persist()
 
     def clear_observation(self) -> None:
         """Back to amortized asks; see
         :meth:`MultiFidelityPosterior.clear_observation`. Persisted."""
+        self._hold(_Holds.POSTERIOR)
         with self._writing():
-            self._live.clear_observation()
+            self._model.clear_observation()
             self._memory_changed = True
             self._persist()
 
@@ -302,7 +368,9 @@ class Study:
         """Record simulator outputs; see :meth:`MultiFidelityPosterior.tell`.
 
         Rows with NaN/inf outputs become failed tickets. The results are in
-        the file when this returns.
+        the file when this returns. Telling rows by parameter value (with
+        ``fidelity``) loads the prior of a lazy study; telling by ticket
+        does not.
 
         Arguments:
             cost: seconds each simulation took: one number for all rows or
@@ -318,6 +386,8 @@ class Study:
             reason = list(reason)
             if any(r is not None and not isinstance(r, str) for r in reason):
                 raise InvalidInputError("reason must be a string or one string (or None) per row")
+        if fidelity is not None and not isinstance(theta_or_tickets, AskBatch):
+            self._hold(_Holds.PRIOR)  # matching by value needs the prior
         with self._writing():
             result = self._live.tell(
                 theta_or_tickets, x, fidelity, unasked=unasked, skip_told=skip_told
@@ -442,30 +512,28 @@ class Study:
             revision = self._store.revision()
             checkpoints = self._store.count_checkpoints()
             oldest = self._store.oldest_pending_asked_at()
-        post = self._live
+            latest = self._store.latest_checkpoint()
+            levels = [] if latest is None else self._store.checkpoint_levels(latest)
+        book = self._live
         per_fidelity = {
             name: {status: counts.get((name, status), 0) for status in STATUSES}
-            for name in post.fidelity_names
+            for name in book.fidelity_names
         }
         totals = {status: sum(c[status] for c in per_fidelity.values()) for status in STATUSES}
+        trained, transfer = _level_summaries(levels, book.fidelity_names)
         return {
             "path": str(self.path),
-            "parameters": list(post.prior.names),
-            "fidelities": list(post.fidelity_names),
-            "seed": post.seed,
-            "round": post.round,
-            "x_shape": None if post.x_shape is None else list(post.x_shape),
+            "parameters": list(book.parameter_names),
+            "fidelities": list(book.fidelity_names),
+            "seed": book.seed,
+            "round": book.round,
+            "x_shape": None if book.x_shape is None else list(book.x_shape),
             "tickets": per_fidelity,
             "total": totals,
             "oldest_pending_age_seconds": None if oldest is None else max(0.0, time.time() - oldest),
             "checkpoints": checkpoints,
-            "trained": {
-                name: len(post.training_histories(name)) > 0 for name in post.fidelity_names
-            },
-            "transfer": {
-                name: None if (choice := post.transfer_choice(name)) is None else choice.to_dict()
-                for name in post.fidelity_names
-            },
+            "trained": trained,
+            "transfer": transfer,
             "training_lock": self._lock.holder(),
             "revision": revision,
             "file_bytes": self._store.file_size(),
@@ -521,6 +589,7 @@ class Study:
         :class:`StudyLockedError` when it runs out. Returns the new training
         histories per fidelity (empty if everything was up to date).
         """
+        self._hold(_Holds.POSTERIOR)
         with self._lock.hold(timeout):
             return self._fit_locked(fidelity, force)
 
@@ -528,7 +597,7 @@ class Study:
         with self._store.transaction(write=False):
             self._sync()
         try:
-            histories = self._live.fit(fidelity, force=force)
+            histories = self._model.fit(fidelity, force=force)
         except MfaskError:
             raise
         except BaseException:
@@ -564,12 +633,13 @@ class Study:
         return self._query("log_prob", (theta, x), fidelity, timeout)
 
     def _query(self, method: str, args: tuple[Any, ...], fidelity: str | None, timeout: float | None) -> Any:
+        self._hold(_Holds.POSTERIOR)
         with self._lock.hold(timeout):
             self._fit_locked(fidelity, False)
             # tickets are not synced here: results told since the fit would
             # only make the models look stale and retrain inside the lock
             with self._writing(tickets=False):
-                result = getattr(self._live, method)(*args, fidelity=fidelity)
+                result = getattr(self._model, method)(*args, fidelity=fidelity)
                 self._memory_changed = True
                 self._persist(tickets_synced=False)
         return result
@@ -581,9 +651,31 @@ class Study:
 
     # ============================================================ sync/persist
     @property
-    def _live(self) -> MultiFidelityPosterior:
-        assert self._posterior is not None
-        return self._posterior
+    def _live(self) -> TicketBook:
+        """The in-memory records (the posterior itself once it is loaded)."""
+        assert self._book is not None
+        return self._book
+
+    @property
+    def _prior_book(self) -> PriorBook:
+        """The in-memory prior book (after ``_hold(_Holds.PRIOR)``)."""
+        assert self._holds >= _Holds.PRIOR and self._book is not None
+        return self._book  # type: ignore[return-value]
+
+    @property
+    def _model(self) -> MultiFidelityPosterior:
+        """The in-memory posterior (after ``_hold(_Holds.POSTERIOR)``)."""
+        assert self._holds == _Holds.POSTERIOR and self._book is not None
+        return self._book  # type: ignore[return-value]
+
+    def _hold(self, level: _Holds) -> None:
+        """Keep at least ``level`` in memory from now on (loaded from the
+        file here if the study held less; the prior and the posterior import
+        torch)."""
+        if self._holds < level:
+            self._holds = level
+            self._stale = True
+            self.refresh()
 
     def _pending_mask(self, ids: np.ndarray) -> np.ndarray:
         ledger = self._live._ledger
@@ -615,7 +707,8 @@ class Study:
         store = self._store
         meta_text = store.read_meta()
         checkpoint = store.latest_checkpoint()
-        if self._stale or meta_text != self._meta_text or checkpoint != self._checkpoint:
+        models_changed = self._holds == _Holds.POSTERIOR and checkpoint != self._checkpoint
+        if self._stale or meta_text != self._meta_text or models_changed:
             self._reload(meta_text, checkpoint)
             return
         post = self._live
@@ -630,23 +723,25 @@ class Study:
             self._reload(meta_text, checkpoint)
             return
         revision = store.revision()
-        if revision > self._session_revision:
+        if self._holds > _Holds.RECORDS and revision > self._session_revision:
+            held = None if self._holds == _Holds.POSTERIOR else _HELD_ARRAYS[self._holds]
             for name, array in store.read_session_arrays(since=self._session_revision).items():
                 key = _array_key(array)
-                if self._session_cache.get(name) == key:
+                if self._session_cache.get(name) == key or (held is not None and name not in held):
                     continue
                 if name not in _GENERATORS:
                     self._reload(meta_text, checkpoint)
                     return
                 try:
-                    getattr(post, _GENERATORS[name]).set_state(torch.from_numpy(array.astype(np.uint8)))
-                except (RuntimeError, TypeError, ValueError) as error:
-                    raise StateFormatError(f"{self.path}: corrupt random generator state {name}: {error}") from None
+                    generator = generator_from_array(array)
+                except StateFormatError as error:
+                    raise StateFormatError(f"{self.path}: {name}: {error}") from None
+                setattr(post, _GENERATORS[name], generator)
                 self._session_cache[name] = key
             self._session_revision = revision
         if tickets and revision > self._revision:
             ids, columns = store.read_ticket_columns(
-                self._revision, post.prior.dim, post.x_shape, post.fidelity_names
+                self._revision, len(post.parameter_names), post.x_shape, post.fidelity_names
             )
             try:
                 post._ledger.apply_rows(ids, columns)
@@ -656,7 +751,8 @@ class Study:
             self._revision = revision
 
     def _reload(self, meta_text: str, checkpoint: int | None) -> None:
-        """Rebuild the in-memory posterior from the file (inside a transaction)."""
+        """Rebuild the in-memory records (lazy) or posterior from the file
+        (inside a transaction)."""
         self._stale = True
         store = self._store
         try:
@@ -667,19 +763,29 @@ class Study:
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise StateFormatError(f"{self.path}: malformed study description: {error}") from None
         revision = store.revision()
-        session = store.read_session_arrays()
-        levels, models = store.read_checkpoint(checkpoint) if checkpoint is not None else ([], {})
         ids, columns = store.read_ticket_columns(-1, dim, x_shape, names)
         if not np.array_equal(ids, np.arange(ids.shape[0])):
             raise StateFormatError(f"{self.path}: ticket ids are not 0..n-1")
-        arrays: dict[str, np.ndarray] = {**session, **models}
-        arrays.update({f"tickets/{k}": v for k, v in columns.items()})
-        post = MultiFidelityPosterior._from_state(
-            {**meta, "levels": levels}, arrays, prior=self._prior, embedding_net=self._embedding_net
-        )
-        post.verbose = self._verbose
-        post._ledger.take_changes()
-        self._posterior = post
+        tickets = {f"tickets/{k}": v for k, v in columns.items()}
+        session = store.read_session_arrays() if self._holds > _Holds.RECORDS else {}
+        if self._holds == _Holds.RECORDS:
+            book = TicketBook._from_records(meta, tickets)
+        elif self._holds == _Holds.PRIOR:
+            from mfask.prior_book import PriorBook  # imports torch
+
+            session = {name: session[name] for name in _HELD_ARRAYS[_Holds.PRIOR] if name in session}
+            book = PriorBook._from_records(meta, {**session, **tickets}, prior=self._prior)
+        else:
+            levels, models = store.read_checkpoint(checkpoint) if checkpoint is not None else ([], {})
+            book = _posterior_class()._from_state(
+                {**meta, "levels": levels}, {**session, **models, **tickets},
+                prior=self._prior, embedding_net=self._embedding_net,
+            )
+            book.verbose = self._verbose
+        book._ledger.take_changes()
+        self._book = book
+        sequential = meta.get("sequential")
+        self._observing = isinstance(sequential, dict) and sequential.get("has_observation") is True
         self._meta_text = meta_text
         self._session_cache = {name: _array_key(a) for name, a in session.items()}
         self._checkpoint = checkpoint
@@ -690,12 +796,21 @@ class Study:
     def _persist(self, *, tickets_synced: bool = True) -> None:
         """Write what changed in memory (inside the write transaction)."""
         store = self._store
-        post = self._live
+        book = self._live
         revision = store.write_revision()
-        ids = post._ledger.take_changes()
+        ids = book._ledger.take_changes()
         if ids.size:
-            store.write_tickets(ids, post._ledger.rows(ids), post.fidelity_names)
-        meta, arrays = post._export_state(tickets=False, models=False)
+            store.write_tickets(ids, book._ledger.rows(ids), book.fidelity_names)
+        if self._holds < _Holds.POSTERIOR:
+            # the part of the description and the session arrays held here
+            assert self._meta_text is not None
+            meta = {**json.loads(self._meta_text), **book._records_header()}
+            arrays = {
+                name: generator_to_array(getattr(book, _GENERATORS[name]))
+                for name in _HELD_ARRAYS[self._holds]
+            }
+        else:
+            meta, arrays = self._model._export_state(tickets=False, models=False)
         meta_text = _dumps(meta)
         if meta_text != self._meta_text:
             store.write_meta(meta_text)
@@ -711,13 +826,17 @@ class Study:
         self._session_revision = revision
 
     def _write_checkpoint(self) -> None:
-        meta, arrays = self._live._export_state(tickets=False)
+        meta, arrays = self._model._export_state(tickets=False)
         models = {k: v for k, v in arrays.items() if k.startswith("model/")}
         self._checkpoint = self._store.write_checkpoint(meta["levels"], models)
         self._fit_counts = self._current_fit_counts()
 
     def _current_fit_counts(self) -> tuple[int, ...]:
-        post = self._live
+        """Fits per level of the in-memory posterior (empty while it holds
+        less: no models are in memory)."""
+        if self._holds < _Holds.POSTERIOR:
+            return ()
+        post = self._model
         return tuple(len(post.training_histories(name)) for name in post.fidelity_names)
 
 
@@ -730,11 +849,12 @@ def open_study(
     verbose: bool = True,
     timeout: float = 60.0,
     synchronous: Synchronous = "full",
+    lazy: bool = False,
 ) -> Study:
     """Open an existing study file; see :meth:`Study.open`."""
     return Study.open(
         path, prior=prior, embedding_net=embedding_net, verbose=verbose,
-        timeout=timeout, synchronous=synchronous,
+        timeout=timeout, synchronous=synchronous, lazy=lazy,
     )
 
 
@@ -759,7 +879,7 @@ def create_study(
     fidelities and options; else :class:`InvalidInputError` names what
     differs. Without it an existing file raises :class:`FileExistsError`.
     """
-    posterior = MultiFidelityPosterior(prior, fidelities, **posterior_options)
+    posterior = _posterior_class()(prior, fidelities, **posterior_options)
     if not (load_if_exists and study_file_path(path).exists()):
         try:
             return Study.create(path, posterior, timeout=timeout, synchronous=synchronous)
@@ -793,6 +913,35 @@ def _check_same_configuration(study: Study, requested: dict[str, Any]) -> None:
 
 
 # ================================================================== helpers
+def _posterior_class() -> type[MultiFidelityPosterior]:
+    """:class:`MultiFidelityPosterior`, imported when first needed (it imports
+    torch, which a lazy study's bookkeeping does without)."""
+    from mfask.posterior import MultiFidelityPosterior
+
+    return MultiFidelityPosterior
+
+
+def _level_summaries(
+    levels: list[Any], fidelity_names: Sequence[str]
+) -> tuple[dict[str, bool], dict[str, dict[str, object] | None]]:
+    """Per fidelity, whether it was ever trained and the transfer guard's
+    latest decision (:meth:`TransferChoice.to_dict`), from a checkpoint's
+    description of the levels (:meth:`StudyStore.checkpoint_levels`)."""
+    if len(levels) > len(fidelity_names):
+        raise StateFormatError(f"the checkpoint has {len(levels)} levels for {len(fidelity_names)} fidelities")
+    trained: dict[str, bool] = {}
+    transfer: dict[str, dict[str, object] | None] = {}
+    for index, name in enumerate(fidelity_names):
+        level = levels[index] if index < len(levels) else {}
+        histories = level.get("histories", []) if isinstance(level, dict) else None
+        if not isinstance(histories, list):
+            raise StateFormatError(f"the checkpoint's description of level {name!r} is malformed")
+        choice = level.get("choice")
+        trained[name] = len(histories) > 0
+        transfer[name] = None if choice is None else TransferChoice.from_dict(choice).to_dict()
+    return trained, transfer
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 

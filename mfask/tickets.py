@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from mfask.errors import (
     InvalidInputError,
@@ -256,6 +255,8 @@ class TicketLedger:
     ) -> list[bytes | None]:
         """The pending value key within tolerance of each of ``theta[rows]``
         (``None`` if none is); raises as :meth:`plan_value_match`."""
+        from scipy.spatial import cKDTree  # slow to import; only matching within tolerance needs it
+
         index = self._pending_by_value[fidelity]
         keys = list(index)
         values = np.stack([np.frombuffer(k, dtype=np.float64) for k in keys])

@@ -50,72 +50,25 @@ Shapes: ``z`` is ``(n, d)`` float32 in flow space; ``x`` is
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from scipy.stats import t as student_t
 from torch import Tensor
 
-from mfask.errors import StateFormatError
 from mfask.estimator import ConditionalFlow
 from mfask.training import negative_log_probs, validation_split
+from mfask.transfer_choice import CHOICES, Chosen, TransferChoice
 
 __all__ = [
     "TransferChoice", "Chosen", "CHOICES", "ALPHA", "MIN_ROWS", "critical_value", "choose",
     "guard_share", "mixture_negative_log_probs", "compare_candidates",
 ]
 
-Chosen = Literal["fine-tuned", "hf-only", "blend"]
-#: the guard's possible decisions
-CHOICES: tuple[str, ...] = ("fine-tuned", "hf-only", "blend")
-
 #: level of the paired t-test one candidate must pass to be chosen alone
 ALPHA = 0.05
 #: below this many held-out rows the guard always blends (no usable standard error)
 MIN_ROWS = 3
-
-
-@dataclass(frozen=True)
-class TransferChoice:
-    """What the guard decided at one fit of a level, and on what evidence.
-
-    Attributes:
-        chosen: ``"fine-tuned"``, ``"hf-only"`` or ``"blend"``.
-        fine_tuned_loss: mean held-out ``-log q`` of the fine-tuned members.
-        hf_only_loss: the same for the HF-only members.
-        difference: mean paired difference, fine-tuned minus HF-only
-            (negative: the fine-tuned members are better).
-        standard_error: standard error of ``difference``.
-        num_rows: held-out rows compared (pooled over members).
-    """
-
-    chosen: Chosen
-    fine_tuned_loss: float
-    hf_only_loss: float
-    difference: float
-    standard_error: float
-    num_rows: int
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-compatible form (non-finite numbers as ``None``)."""
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: object) -> "TransferChoice":
-        """Inverse of :meth:`to_dict`; raises :class:`StateFormatError` on bad input."""
-        if not isinstance(values, dict) or values.get("chosen") not in CHOICES:
-            raise StateFormatError(f"malformed transfer choice: {values!r}")
-        try:
-            floats = {name: math.nan if values.get(name) is None else float(values[name])
-                      for name in ("fine_tuned_loss", "hf_only_loss", "difference", "standard_error")}
-            rows = values["num_rows"]
-            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
-                raise ValueError("num_rows must be a non-negative integer")
-        except (KeyError, TypeError, ValueError) as error:
-            raise StateFormatError(f"malformed transfer choice: {error}") from None
-        return cls(chosen=values["chosen"], num_rows=rows, **floats)
 
 
 def critical_value(num_rows: int) -> float:

@@ -9,17 +9,30 @@ message that says what was expected and what came.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Sequence
+import sys
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from mfask.errors import InvalidInputError
 
-__all__ = ["as_numeric_array", "as_sample_shape", "as_theta", "as_ticket_ids", "positive_int", "did_you_mean"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = [
+    "as_numeric_array", "as_sample_shape", "as_theta", "as_ticket_ids", "did_you_mean", "is_tensor",
+    "parameter_indices", "positive_int",
+]
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+def is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch: a tensor
+    can only exist once torch has been imported (so that the torch-free paths,
+    e.g. ``mfask tell``, stay torch-free)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def as_numeric_array(value: Any, name: str) -> np.ndarray:
@@ -28,10 +41,10 @@ def as_numeric_array(value: Any, name: str) -> np.ndarray:
     Complex values are refused: casting them to float would silently drop
     the imaginary part.
     """
-    if isinstance(value, Tensor):
+    if is_tensor(value):
         if value.is_complex():
             raise InvalidInputError(_complex_message(name, f"torch tensor of dtype {value.dtype}"))
-        return value.detach().cpu().to(torch.float64).numpy()
+        return value.detach().cpu().double().numpy()
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as error:
@@ -72,6 +85,8 @@ def as_theta(value: Any, dim: int, name: str = "theta") -> Tensor:
             f"{name} has {int((~finite).sum())} row(s) with NaN or inf values, e.g. row "
             f"{int(np.flatnonzero(~finite)[0])}"
         )
+    import torch  # the callers of as_theta compute with torch anyway
+
     return torch.from_numpy(array)
 
 
@@ -82,7 +97,9 @@ def as_ticket_ids(value: Any) -> np.ndarray | None:
     fit in int64 (e.g. ``2**64 - 1`` as uint64), which a plain cast would
     wrap around to negative ids.
     """
-    if isinstance(value, Tensor):
+    if is_tensor(value):
+        import torch  # already imported: value is a tensor
+
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool \
                 or value.ndim > 1:
             return None
@@ -152,3 +169,13 @@ def as_sample_shape(value: Any, name: str) -> tuple[int, ...]:
                 f"got {value!r}"
             ) from None
     return (positive_int(value, name),)
+
+
+def parameter_indices(names: Sequence[str], parameter_names: Sequence[str]) -> list[int]:
+    """Column indices of ``names`` among ``parameter_names``; raises
+    :class:`~mfask.errors.InvalidInputError` naming the unknown ones."""
+    known = list(parameter_names)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise InvalidInputError(f"unknown parameter name(s) {unknown}; the prior has {known}")
+    return [known.index(name) for name in names]

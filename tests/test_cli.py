@@ -80,9 +80,12 @@ def test_round_trip_init_ask_tell_fit_sample_export(study_file, tmp_path, capsys
     assert list(rows[0]) == ["ticket", "fidelity", "seed", "mu", "sigma"]
     assert [int(r["ticket"]) for r in rows] == list(range(30))
     write_results(tmp_path / "r.csv", rows, fail={3: "laser tripped"})
-    code, out, err = run_cli(capsys, "tell", study_file, tmp_path / "r.csv")
+    code, out, err = run_cli(capsys, "tell", study_file, tmp_path / "r.csv", "--ids")
     assert code == 0, err
-    assert json.loads(out) == {"told": 30, "done": 29, "failed": 1, "skipped": 0, "tickets": list(range(30))}
+    assert json.loads(out) == {
+        "told": 30, "done": 29, "failed": 1, "skipped": 0, "first_ticket": 0, "last_ticket": 29,
+        "tickets": list(range(30)),
+    }
 
     # the parameters went through text and back exactly
     study = open_study(study_file)
@@ -93,7 +96,9 @@ def test_round_trip_init_ask_tell_fit_sample_export(study_file, tmp_path, capsys
     study.close()
 
     code, out, _ = run_cli(capsys, "ask", study_file, "-f", "high", "-n", 4, "-o", tmp_path / "h.csv")
-    assert code == 0 and json.loads(out)["tickets"] == [30, 31, 32, 33]
+    assert code == 0 and json.loads(out) == {
+        "asked": 4, "fidelity": "high", "file": str(tmp_path / "h.csv"), "first_ticket": 30, "last_ticket": 33,
+    }
     code, out, _ = run_cli(capsys, "status", study_file, "--pending", "--format", "csv")
     pending = read_csv(out)
     assert [int(r["ticket"]) for r in pending] == [30, 31, 32, 33]
@@ -217,7 +222,7 @@ def test_four_processes_telling_concurrently_lose_nothing(study_file, tmp_path, 
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "mfask.cli", "tell", str(study_file), str(f), "--skip-told"],
+            [sys.executable, "-m", "mfask.cli", "tell", str(study_file), str(f), "--skip-told", "--ids"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         for f in files
@@ -235,4 +240,191 @@ def test_four_processes_telling_concurrently_lose_nothing(study_file, tmp_path, 
     assert len(done) == 48
     for row in done:
         np.testing.assert_array_equal(row.x, instrument(*row.theta))
+    study.close()
+
+
+# ------------------------------------------------ start-up: what each command imports
+IMPORT_PROBE = """
+import json, sys
+import mfask.cli
+
+heavy = ("torch", "normflows", "scipy")
+report = []
+for argv in json.loads(sys.argv[1]):
+    code = mfask.cli.main(argv)
+    report.append([argv[0], code, [m for m in heavy if m in sys.modules]])
+print(json.dumps(report), file=sys.stderr)
+"""
+
+
+def test_bookkeeping_commands_import_no_torch_and_ask_no_flows(study_file, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "ask", study_file, "-f", "low", "-n", 12)
+    write_results(tmp_path / "r.csv", read_csv(out)[:10], fail={3: "laser tripped"})
+    assert run_cli(capsys, "tell", study_file, tmp_path / "r.csv")[0] == 0
+    assert run_cli(capsys, "fit", study_file)[0] == 0  # status then reads a checkpoint
+    (tmp_path / "r2.csv").write_text("ticket,y_sum,y_product\n10,1.0,2.0\n")
+    commands = [
+        ["status", str(study_file)],
+        ["status", str(study_file), "--pending"],
+        ["status", str(study_file), "--pending", "--format", "csv"],
+        ["tell", str(study_file), str(tmp_path / "r2.csv")],
+        ["export", str(study_file), "-o", str(tmp_path / "all.csv")],
+        ["export", str(study_file), "-o", str(tmp_path / "all.npz")],
+        ["abandon", str(study_file), "11"],
+        ["retry", str(study_file), "3", "-o", str(tmp_path / "retry.csv")],
+        ["ask", str(study_file), "-f", "high", "-n", "3"],  # last: it imports torch
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    probe = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, json.dumps(commands)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    report = json.loads(probe.stderr.strip().splitlines()[-1])
+    assert [code for _, code, _ in report] == [0] * len(commands), probe.stderr
+    assert all(imported == [] for command, _, imported in report[:-1]), report
+    # prior draws need torch (the ask stream is a torch generator), not the flows
+    assert report[-1] == ["ask", 0, ["torch"]]
+
+
+def test_lazy_cli_asks_draw_what_the_python_api_draws(tmp_path, capsys):
+    (tmp_path / "spec.toml").write_text(SPEC)
+    paths = [tmp_path / "cli.mfask", tmp_path / "api.mfask"]
+    for path in paths:
+        assert run_cli(capsys, "init", path, "--spec", tmp_path / "spec.toml")[0] == 0
+    cli_rows = []
+    for fidelity, n in (("low", 5), ("high", 3), ("low", 4)):
+        code, out, _ = run_cli(capsys, "ask", paths[0], "-f", fidelity, "-n", n)
+        cli_rows += read_csv(out)
+    api = open_study(paths[1])  # eager: the whole posterior, as before
+    batches = [api.ask(fidelity, n) for fidelity, n in (("low", 5), ("high", 3), ("low", 4))]
+    theta = np.concatenate([b.theta for b in batches])
+    seeds = np.concatenate([api.simulator_seeds(b) for b in batches])
+    api.close()
+    np.testing.assert_array_equal([[float(r["mu"]), float(r["sigma"])] for r in cli_rows], theta)
+    assert [int(r["seed"]) for r in cli_rows] == seeds.tolist()
+    # the CLI's asks moved the stored ask stream as the posterior's would
+    follow = [open_study(path).ask("high", 2).theta for path in paths]
+    np.testing.assert_array_equal(follow[0], follow[1])
+
+
+# ------------------------------------------------------------- output summaries
+def test_summaries_by_default_every_id_on_request(study_file, tmp_path, capsys):
+    tickets = tmp_path / "t.csv"
+    code, out, _ = run_cli(capsys, "ask", study_file, "-f", "low", "-n", 500, "-o", tickets)
+    assert code == 0
+    assert json.loads(out) == {
+        "asked": 500, "fidelity": "low", "file": str(tickets), "first_ticket": 0, "last_ticket": 499,
+    }
+    code, out, _ = run_cli(capsys, "ask", study_file, "-f", "high", "-n", 3, "-o", tickets, "--ids")
+    assert json.loads(out)["tickets"] == [500, 501, 502]
+    write_results(tmp_path / "r.csv", read_csv(tickets.read_text())[:2])  # tickets 500, 501
+    code, out, _ = run_cli(capsys, "tell", study_file, tmp_path / "r.csv")
+    assert json.loads(out) == {
+        "told": 2, "done": 2, "failed": 0, "skipped": 0, "first_ticket": 500, "last_ticket": 501,
+    }
+
+    code, out, _ = run_cli(capsys, "status", study_file, "--pending")
+    summary = json.loads(out)
+    assert summary.pop("oldest_age_seconds") >= 0
+    assert summary == {"pending": 501, "per_fidelity": {"low": 500, "high": 1}, "first_ticket": 0, "last_ticket": 502}
+    code, out, _ = run_cli(capsys, "status", study_file, "--pending", "--ids")
+    assert json.loads(out)["tickets"] == [*range(500), 502]
+    code, out, _ = run_cli(capsys, "status", study_file, "--pending", "--full")
+    records = json.loads(out)
+    assert [r["ticket"] for r in records] == [*range(500), 502]
+    assert set(records[0]) == {"ticket", "fidelity", "seed", "age_seconds", "mu", "sigma"}
+
+
+# ---------------------------------------------------------- a closed output pipe
+@pytest.mark.parametrize("command", [["status", "--pending", "--format", "csv"], ["export", "-o", "-"]])
+def test_closed_output_pipe_exits_quietly_with_141(study_file, capsys, command):
+    study = open_study(study_file)
+    study.ask("low", 20_000)  # about 1.4 MB of CSV: far more than a pipe buffers
+    study.close()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mfask.cli", command[0], str(study_file), *command[1:]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    assert process.stdout.readline().startswith(b"ticket,")  # like `| head -1`
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == EXIT_CODES["broken_pipe"] == 141
+    assert err == ""  # no traceback, no message
+
+
+# ------------------------------------------------------------------- cosmetics
+def test_version(capsys):
+    import mfask
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mfask {mfask.__version__}"
+
+
+def test_wrong_sized_observation_says_what_to_pass(study_file, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "ask", study_file, "-f", "low", "-n", 3)
+    write_results(tmp_path / "r.csv", read_csv(out))
+    assert run_cli(capsys, "tell", study_file, tmp_path / "r.csv")[0] == 0  # outputs: 2 numbers
+    code, out, err = run_cli(capsys, "sample", study_file, "-n", 5, "--x", "1.0,2.0,3.0")
+    assert code == EXIT_CODES["input"] and out == ""
+    assert "--x has 3 number(s)" in err and "pass --x with 2 comma-separated numbers" in err
+    assert "*" not in err and "batched" not in err  # no Python-API syntax
+    (tmp_path / "obs.csv").write_text("y_sum\n1.5\n")
+    code, _, err = run_cli(capsys, "sample", study_file, "-n", 5, "--x-file", tmp_path / "obs.csv")
+    assert code == EXIT_CODES["input"] and f"put one row of 2 numbers in {tmp_path / 'obs.csv'}" in err
+
+
+def test_exports_carry_utc_times_next_to_the_seconds(study_file, tmp_path, capsys):
+    from datetime import datetime
+
+    code, out, _ = run_cli(capsys, "ask", study_file, "-f", "low", "-n", 3)
+    write_results(tmp_path / "r.csv", read_csv(out)[:2])
+    assert run_cli(capsys, "tell", study_file, tmp_path / "r.csv")[0] == 0
+    assert run_cli(capsys, "export", study_file, "-o", tmp_path / "all.csv")[0] == 0
+    rows = read_csv((tmp_path / "all.csv").read_text())
+    assert list(rows[0])[-2:] == ["asked_at_utc", "told_at_utc"]  # appended: old columns keep their place
+    for row in rows:
+        for name in ("asked_at", "told_at"):
+            if row[name] == "":
+                assert row[f"{name}_utc"] == ""  # ticket 2 is pending
+                continue
+            when = datetime.fromisoformat(row[f"{name}_utc"])
+            assert when.utcoffset().total_seconds() == 0
+            assert abs(when.timestamp() - float(row[name])) < 1e-3
+    assert run_cli(capsys, "export", study_file, "-o", tmp_path / "all.npz")[0] == 0
+    with np.load(tmp_path / "all.npz", allow_pickle=False) as arrays:
+        assert list(arrays["told_at_utc"]) == [r["told_at_utc"] for r in rows]
+        assert list(arrays["asked_at_utc"]) == [r["asked_at_utc"] for r in rows]
+
+
+def test_parameters_a_fidelity_does_not_use_are_empty_cells(tmp_path, capsys):
+    spec = SPEC.replace('fidelities = ["low", {name = "high"}]',
+                        'fidelities = [{name = "low", parameters = ["mu"]}, "high"]')
+    (tmp_path / "spec.toml").write_text(spec)
+    path = tmp_path / "lf.mfask"
+    assert run_cli(capsys, "init", path, "--spec", tmp_path / "spec.toml")[0] == 0
+    code, out, _ = run_cli(capsys, "ask", path, "-f", "low", "-n", 4)
+    low = read_csv(out)
+    assert list(low[0]) == ["ticket", "fidelity", "seed", "mu", "sigma"]  # the documented header
+    assert all(r["sigma"] == "" and float(r["mu"]) > 0 for r in low)
+    code, out, _ = run_cli(capsys, "ask", path, "-f", "high", "-n", 2, "--format", "json")
+    assert all(r["sigma"] is not None for r in json.loads(out))
+    code, out, _ = run_cli(capsys, "status", path, "--pending", "--format", "csv")
+    assert [r["sigma"] == "" for r in read_csv(out)] == [True] * 4 + [False] * 2
+    code, out, _ = run_cli(capsys, "status", path, "--pending", "--full")
+    assert [r["sigma"] is None for r in json.loads(out)] == [True] * 4 + [False] * 2
+
+    # the LF simulator uses mu only; its results go back by ticket
+    with open(tmp_path / "r.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow([*low[0], "y"])
+        writer.writerows([[*r.values(), 2 * float(r["mu"])] for r in low])
+    code, out, err = run_cli(capsys, "tell", path, tmp_path / "r.csv")
+    assert code == 0 and json.loads(out)["done"] == 4, err
+    study = open_study(path)
+    theta, x = study.posterior.data("low")
+    np.testing.assert_array_equal(x[:, 0], 2 * theta[:, 0])
+    assert np.all((theta[:, 1] >= 0.1) & (theta[:, 1] <= 0.6))  # the stored dummies: prior draws
     study.close()

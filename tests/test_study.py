@@ -257,6 +257,48 @@ def test_concurrent_processes_lose_and_duplicate_nothing(tmp_path):
     study.close()
 
 
+# ------------------------------------------------------------- lazy studies
+def test_lazy_study_does_what_an_eager_one_does(tmp_path):
+    """A lazy study loads the prior, then the posterior, only when a call needs
+    them; its calls draw and write exactly what an eager study's do."""
+    paths = [tmp_path / "eager.mfask", tmp_path / "lazy.mfask"]
+    for path in paths:
+        make_study(path).close()
+    studies = [open_study(paths[0]), open_study(paths[1], lazy=True)]
+    drawn, statuses = [], []
+    for study in studies:
+        low = study.ask("low", 8)
+        study.tell(low.theta, simulate(low.theta), "low")  # matched by value: the prior's scales
+        high = study.ask("high", 4)
+        study.tell(high.ticket_ids[:3], simulate(high.theta[:3]))
+        study.abandon(high.ticket_ids[3:], reason="gave up")
+        retried = study.retry(high.ticket_ids[3:])
+        drawn.append([low.theta, high.theta, retried.theta, study.simulator_seeds(retried)])
+        statuses.append(study.status())
+    for eager, lazy in zip(*drawn):
+        np.testing.assert_array_equal(eager, lazy)
+    for key in ("tickets", "total", "x_shape", "seed", "round", "trained", "transfer", "revision"):
+        assert statuses[0][key] == statuses[1][key], key
+    assert studies[1].tickets(status="abandoned")[0].reason == "gave up"
+
+    # another process starts sequential rounds: the lazy study's next
+    # highest-fidelity ask must be a round (which needs the posterior), as the eager one's
+    for path in paths:
+        other = open_study(path)
+        other.set_observation([1.0, 0.2, 0.5], quantile=1e-2, threshold_samples=1000)
+        other.close()
+    rounds = [study.ask("high", 3) for study in studies]
+    assert rounds[0].round == rounds[1].round == 1
+    np.testing.assert_array_equal(rounds[0].theta, rounds[1].theta)
+    reopened = [snapshot(open_study(path).posterior) for path in paths]
+    for got, want in zip(reopened[1]._export_state()[1].items(), reopened[0]._export_state()[1].items()):
+        assert got[0] == want[0]
+        if not got[0].startswith(("tickets/asked_at", "tickets/told_at")):
+            np.testing.assert_array_equal(got[1], want[1], err_msg=got[0])
+    for study in studies:
+        study.close()
+
+
 # ----------------------------------------------------------- training lock
 def test_one_trainer_at_a_time_and_others_see_the_weights(tmp_path):
     path = tmp_path / "s.mfask"

@@ -127,3 +127,17 @@ def test_progress_into_a_log_writes_whole_lines(show_at_once, monkeypatch) -> No
     assert "\r" not in stream.getvalue()
     assert lines[-1] == "" and all(line.startswith("[mfask] training low") for line in lines[:-1])
     assert lines[-2].endswith("stopped early") and "3 epochs" in lines[-2]
+
+
+def test_cli_fit_and_sample_show_progress_unless_quiet(tmp_path, capsys, show_at_once) -> None:
+    path = tmp_path / "s.db"
+    with create_study(path, mfask.BoxUniform([0.0], [1.0]), seed=0, flow=SMALL_FLOW,
+                      training=TrainingConfig(max_epochs=500, stop_after_epochs=2)) as study:
+        theta = study.ask("high", 20).theta
+        study.tell(theta, theta * 2.0)
+    assert main(["fit", str(path), "--quiet"]) == 0
+    assert "[mfask] training" not in capsys.readouterr().err
+    assert main(["fit", str(path), "--force"]) == 0
+    assert "[mfask] training high (20 simulations)" in capsys.readouterr().err
+    assert main(["sample", str(path), "-n", "5", "--x", "1.0", "-q"]) == 0
+    assert "[mfask] training" not in capsys.readouterr().err
