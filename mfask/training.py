@@ -9,12 +9,13 @@ pass a flow that already has weights.
 
 The loop indexes tensors directly instead of going through a ``DataLoader``:
 for the small tabular data sets of SBI the loader's per-batch overhead costs
-more than the network.
+more than the network. The optimiser is :class:`~mfask.flat_adam.FlatAdam`
+(Adam on one flat buffer; ``docs/benchmarks/training_profile.md`` measures
+why).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from mfask.errors import InvalidInputError, NotEnoughDataError
 from mfask.estimator import ConditionalFlow
+from mfask.flat_adam import FlatAdam
 
 __all__ = [
     "TrainingConfig", "TrainingHistory", "EpochReport", "ValidationSplit", "train_flow",
@@ -158,11 +160,12 @@ def train_flow(
     z_val, x_val = z[split.validation], x[split.validation]
     num_train, num_validation = z_train.shape[0], z_val.shape[0]
 
-    parameters = list(flow.parameters())  # collected once: walking the module tree every step costs
-    optimizer = adam(parameters, config.learning_rate)
+    optimizer = FlatAdam(flow, config.learning_rate)
     history = TrainingHistory(num_train=num_train, num_validation=num_validation)
     best_loss = math.inf
-    best_state = copy.deepcopy(flow.state_dict())
+    best_parameters = optimizer.snapshot()
+    buffers = list(flow.buffers())  # fixed for mfask's flows; a user's embedding net may update some
+    best_buffers = [buffer.clone() for buffer in buffers]
     since_improvement = 0
     started = time.perf_counter()
     for epoch in range(config.max_epochs):
@@ -170,11 +173,11 @@ def train_flow(
         batches = torch.randperm(num_train, generator=generator).split(config.batch_size)
         total = 0.0
         for batch in batches:
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss = -flow.log_prob(z_train[batch], x_train[batch]).mean()
             loss.backward()
             if config.clip_max_norm is not None:
-                torch.nn.utils.clip_grad_norm_(parameters, config.clip_max_norm)
+                optimizer.clip_grad_norm(config.clip_max_norm)
             optimizer.step()
             total += loss.item() * batch.shape[0]
         history.train_loss.append(total / num_train)
@@ -183,7 +186,8 @@ def train_flow(
         history.validation_loss.append(validation_loss)
         if validation_loss < best_loss:
             best_loss = validation_loss
-            best_state = copy.deepcopy(flow.state_dict())
+            best_parameters = optimizer.snapshot()
+            best_buffers = [buffer.clone() for buffer in buffers]
             history.best_epoch = epoch
             since_improvement = 0
         else:
@@ -194,7 +198,10 @@ def train_flow(
         if since_improvement >= config.stop_after_epochs:
             history.stopped_early = True
             break
-    flow.load_state_dict(best_state)
+    optimizer.restore(best_parameters)
+    with torch.no_grad():
+        for buffer, best in zip(buffers, best_buffers):
+            buffer.copy_(best)
     flow.eval()
     history.seconds = time.perf_counter() - started
     return history
@@ -223,20 +230,6 @@ def validation_split(num_rows: int, fraction: float, seed: int) -> ValidationSpl
     order = torch.randperm(num_rows, generator=generator)
     num_validation = max(1, int(round(fraction * num_rows)))
     return ValidationSplit(order[:num_validation], order[num_validation:], generator)
-
-
-def adam(parameters: list[torch.nn.Parameter], learning_rate: float) -> torch.optim.Adam:
-    """Adam with torch's fused CPU kernel where torch has one (2.4 and later).
-
-    The update is Adam's either way; the fused kernel does it in one call per
-    parameter tensor instead of about ten, which matters for flows made of
-    ~100 small tensors (measured in ``docs/benchmarks/npe_vs_sbi.md``). Older
-    torch versions get the multi-tensor (``foreach``) implementation.
-    """
-    try:
-        return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
-    except RuntimeError:  # fused Adam not supported for these tensors/this torch
-        return torch.optim.Adam(parameters, lr=learning_rate, foreach=True)
 
 
 def negative_log_probs(flow: ConditionalFlow, z: Tensor, x: Tensor) -> Tensor:
