@@ -76,6 +76,8 @@ class FlatAdam:
         self._first_moment = torch.zeros_like(self.parameters)
         self._second_moment = torch.zeros_like(self.parameters)
         self._steps = 0
+        # per-element step counts, once a step has been limited to some elements
+        self._element_steps: Tensor | None = None
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (in place: the ``.grad`` views stay)."""
@@ -88,17 +90,50 @@ class FlatAdam:
         self.gradients.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
         return float(norm)
 
-    def step(self) -> None:
-        """One Adam update of the parameters from the current gradients."""
-        self._steps += 1
+    def step(self, active: Tensor | None = None) -> None:
+        """One Adam update of the parameters from the current gradients.
+
+        ``active`` ``(p,)`` (bool), if given, limits the step to those
+        elements: the others (e.g. a frozen part of the network) keep their
+        values, moments and step count, as ``torch.optim.Adam`` leaves a
+        parameter without a gradient alone, and start counting when they
+        first take part.
+        """
+        if active is None and self._element_steps is None:
+            self._steps += 1
+            gradient = self.gradients
+            self._first_moment.mul_(self.beta1).add_(gradient, alpha=1.0 - self.beta1)
+            self._second_moment.mul_(self.beta2).addcmul_(gradient, gradient, value=1.0 - self.beta2)
+            correction1 = 1.0 - self.beta1 ** self._steps
+            correction2 = 1.0 - self.beta2 ** self._steps
+            denominator = self._second_moment.sqrt().div_(math.sqrt(correction2)).add_(self.eps)
+            with torch.no_grad():
+                self.parameters.addcdiv_(self._first_moment, denominator, value=-self.learning_rate / correction1)
+            return
+        self._masked_step(torch.ones_like(self.parameters, dtype=torch.bool) if active is None else active)
+
+    def _masked_step(self, active: Tensor) -> None:
+        """:meth:`step` on the ``active`` ``(p,)`` elements, with a step count per element."""
+        if active.shape != self.parameters.shape or active.dtype != torch.bool:
+            raise ValueError(f"active must be a bool mask of shape {tuple(self.parameters.shape)}")
+        if self._element_steps is None:
+            self._element_steps = torch.full_like(self.parameters, float(self._steps))
+        steps = self._element_steps.add_(active.to(self.parameters.dtype))
         gradient = self.gradients
-        self._first_moment.mul_(self.beta1).add_(gradient, alpha=1.0 - self.beta1)
-        self._second_moment.mul_(self.beta2).addcmul_(gradient, gradient, value=1.0 - self.beta2)
-        correction1 = 1.0 - self.beta1 ** self._steps
-        correction2 = 1.0 - self.beta2 ** self._steps
-        denominator = self._second_moment.sqrt().div_(math.sqrt(correction2)).add_(self.eps)
+        first = torch.where(active, self.beta1 * self._first_moment + (1.0 - self.beta1) * gradient,
+                            self._first_moment)
+        second = torch.where(active, self.beta2 * self._second_moment + (1.0 - self.beta2) * gradient * gradient,
+                             self._second_moment)
+        self._first_moment.copy_(first)
+        self._second_moment.copy_(second)
+        started = steps > 0
+        safe_steps = torch.where(started, steps, torch.ones_like(steps))
+        correction1 = 1.0 - self.beta1 ** safe_steps
+        correction2 = 1.0 - self.beta2 ** safe_steps
+        update = (first / correction1) / (second.sqrt() / correction2.sqrt() + self.eps)
         with torch.no_grad():
-            self.parameters.addcdiv_(self._first_moment, denominator, value=-self.learning_rate / correction1)
+            self.parameters.sub_(torch.where(active & started, self.learning_rate * update,
+                                             torch.zeros_like(update)))
 
     def snapshot(self) -> Tensor:
         """A copy of the parameters ``(p,)`` (e.g. the best so far)."""

@@ -96,3 +96,28 @@ def test_training_imports_no_torch_dynamo() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_masked_step_matches_torch_adam_on_a_parameter_without_gradient() -> None:
+    """Freezing part of a network for a while (torch: its .grad is None, so Adam
+    leaves it and its moments alone) gives the same weights, after the release too."""
+    ours, theirs = small_net(), small_net()
+    flat = FlatAdam(ours, 1e-2)
+    reference = torch.optim.Adam(theirs.parameters(), lr=1e-2)
+    first_size = next(ours.parameters()).numel()
+    active = torch.ones_like(flat.parameters, dtype=torch.bool)
+    active[:first_size] = False  # the first weight matrix frozen
+    generator = torch.Generator().manual_seed(2)
+    for step in range(20):
+        x = torch.randn(16, 3, generator=generator, dtype=torch.float64)
+        frozen = step < 8
+        flat.zero_grad()
+        ours(x).square().mean().backward()
+        flat.step(active if frozen else None)
+        reference.zero_grad(set_to_none=True)
+        theirs(x).square().mean().backward()
+        if frozen:
+            next(theirs.parameters()).grad = None
+        reference.step()
+    for mine, want in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(mine, want, rtol=1e-10, atol=1e-12)
