@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +232,33 @@ def test_a_state_saved_before_the_option_loads_as_plain_fine_tuning(tmp_path):
     del meta["fine_tuning"]
     write_state(tmp_path / "old.npz", meta, arrays)
     assert MultiFidelityPosterior.load(tmp_path / "old.npz", verbose=False).fine_tuning == FineTuningConfig()
+
+
+def test_a_warm_refit_is_still_anchored_at_the_lower_levels_weights(monkeypatch):
+    post = two_level_posterior(FineTuningConfig(l2sp=1.0))
+    calls = []
+    real = mfask.posterior.train_members
+
+    def recording(members, *args, **kwargs):
+        calls.append(kwargs.get("fine_tuning"))
+        return real(members, *args, **kwargs)
+
+    monkeypatch.setattr(mfask.posterior, "train_members", recording)
+    before = {name: value.copy() for name, value in read_arrays_of(post, "model/0/0/").items()}
+    rng = np.random.default_rng(1)
+    more = post.ask("high", 10)
+    post.tell(more, more.theta + 0.1 * rng.standard_normal(more.theta.shape))
+    post.fit()
+    assert len(calls) == 1  # only the high level is out of date
+    assert post.training_histories("high")[-1][0].start == "warm"
+    anchor = calls[0][0].anchor
+    assert anchor and all(np.array_equal(value.numpy(), before[f"model/0/0/{name}"])
+                          for name, value in anchor.items())  # the lower level's weights
+
+
+def read_arrays_of(post: MultiFidelityPosterior, prefix: str) -> dict[str, np.ndarray]:
+    """The saved arrays (weights and buffers) of one network, ``model/<level>/<k>/<name>``."""
+    with tempfile.TemporaryDirectory() as folder:
+        post.save(Path(folder) / "state.npz")
+        _, arrays = read_state(Path(folder) / "state.npz")
+    return {name: value for name, value in arrays.items() if name.startswith(prefix)}
