@@ -152,8 +152,9 @@ class MultiFidelityPosterior(PriorBook):
             below fine-tune those weights
             (:class:`~mfask.fine_tuning.FineTuningConfig`: an L2-SP pull
             towards them, the conditioner trunk frozen for the first
-            epochs). The default is plain fine-tuning; neither option
-            helped in ``docs/fine_tuning.md``'s measurement. Fresh networks
+            epochs). The default is plain fine-tuning: with the
+            transfer guard neither option helped in
+            ``docs/fine_tuning.md``'s measurement. Fresh networks
             (the lowest level, the guard's HF-only candidate) never use it.
         verbose: show a progress bar on standard error while training (from
             a second on, see :mod:`mfask.training_progress`); ``False`` is

@@ -17,7 +17,7 @@ Example (TOML)::
     max_epochs = 500
 
     [fine_tuning]                         # optional: mfask.FineTuningConfig fields
-    l2sp = 1.0
+    freeze_epochs = 20
 
 Optional top-level keys: ``ensemble_size``, ``transfer_standardization``,
 ``match_tolerance``, ``parameter_space``, ``transfer_guard``. Unknown keys are errors (a typo must not pass silently).
