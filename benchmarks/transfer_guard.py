@@ -77,21 +77,30 @@ def nltp(post: mfask.MultiFidelityPosterior, theta: np.ndarray, x: np.ndarray) -
     return float(-post.log_prob_batched(theta[:, None, :], x).mean())
 
 
+def seed_data(task: Task, kind: str, high: int, low: int, seed: int, tests: int
+              ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """One seed's data: ``(test, high, low)``, each ``(theta (n, d), x (n, *x_shape))``;
+    the test pairs (HF, prior-predictive) lose rows with non-finite outputs, and the
+    first ``k`` HF rows are the HF set of every budget ``k <= high``."""
+    rng = np.random.default_rng(seed)
+    test_theta = task.sample_prior(tests, np.random.default_rng(10_000 + seed))
+    test_x = task.simulate(test_theta, task.fidelities[-1], np.random.default_rng(20_000 + seed))
+    keep = np.isfinite(test_x.reshape(tests, -1)).all(axis=1)
+    high_theta = task.sample_prior(high, rng)
+    high_x = task.simulate(high_theta, task.fidelities[-1], rng)
+    low_theta = task.sample_prior(low, rng)
+    low_x = low_fidelity_data(task, kind, low_theta, rng)
+    return (test_theta[keep], test_x[keep]), (high_theta, high_x), (low_theta, low_x)
+
+
 def run_seed(task: Task, kind: str, highs: list[int], low: int, seed: int, tests: int,
              done: set[tuple[Any, ...]], command: str) -> list[dict[str, Any]]:
     """Every missing row of one task, LF kind and seed (all HF budgets)."""
     todo = [high for high in highs if (task.name, kind, high, seed) not in done]
     if not todo:
         return []
-    rng = np.random.default_rng(seed)
-    test_theta = task.sample_prior(tests, np.random.default_rng(10_000 + seed))
-    test_x = task.simulate(test_theta, task.fidelities[-1], np.random.default_rng(20_000 + seed))
-    keep = np.isfinite(test_x.reshape(tests, -1)).all(axis=1)
-    test_theta, test_x = test_theta[keep], test_x[keep]
-    high_theta = task.sample_prior(max(highs), rng)
-    high_x = task.simulate(high_theta, task.fidelities[-1], rng)
-    low_theta = task.sample_prior(low, rng)
-    low_x = low_fidelity_data(task, kind, low_theta, rng)
+    (test_theta, test_x), (high_theta, high_x), (low_theta, low_x) = seed_data(
+        task, kind, max(highs), low, seed, tests)
     fidelities = [task.fidelities[0], task.fidelities[-1]]
     started = time.perf_counter()
     pretrained = mfask.MultiFidelityPosterior(task.prior, fidelities, seed=seed)

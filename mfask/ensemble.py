@@ -46,6 +46,7 @@ from torch import Tensor
 
 from mfask.errors import InvalidInputError
 from mfask.estimator import ConditionalFlow
+from mfask.fine_tuning import FineTuningStart
 from mfask.training import EpochReport, TrainingConfig, TrainingHistory, train_flow
 
 __all__ = ["Backend", "PROCESS_MIN_SECONDS", "choose_backend", "train_members", "one_torch_thread"]
@@ -104,11 +105,12 @@ def _train_one(
     config: TrainingConfig,
     seed: int,
     progress: Progress,
+    fine_tuning: FineTuningStart | None,
 ) -> tuple[ConditionalFlow, TrainingHistory]:
     """Train one member with one torch thread; returns the member (a copy when
     run in a worker process) and its history."""
     with one_torch_thread():
-        history = train_flow(member, z, x, config, seed=seed, progress=progress)
+        history = train_flow(member, z, x, config, seed=seed, progress=progress, fine_tuning=fine_tuning)
     return member, history
 
 
@@ -122,6 +124,7 @@ def train_members(
     backend: Backend = "auto",
     seconds_per_member: float | None = None,
     progress: Sequence[Progress] | None = None,
+    fine_tuning: Sequence[FineTuningStart | None] | None = None,
 ) -> tuple[list[ConditionalFlow], list[TrainingHistory]]:
     """Train every member on the same data, member ``k`` with ``seeds[k]``.
 
@@ -138,6 +141,9 @@ def train_members(
         progress: per member, an optional per-epoch callback. Worker
             processes cannot call back into this process, so with ``"loky"``
             the callbacks are not called.
+        fine_tuning: per member, how it fine-tunes pre-trained weights
+            (:class:`~mfask.fine_tuning.FineTuningStart`) or ``None`` for
+            plain training; ``None`` for all: plain training of every member.
 
     Returns:
         The trained members (the same objects, except with ``"loky"`` where
@@ -149,6 +155,9 @@ def train_members(
     callbacks: list[Progress] = list(progress) if progress is not None else [None] * count
     if len(callbacks) != count:
         raise InvalidInputError(f"need one progress callback (or None) per member; got {len(callbacks)}")
+    starts: list[FineTuningStart | None] = list(fine_tuning) if fine_tuning is not None else [None] * count
+    if len(starts) != count:
+        raise InvalidInputError(f"need one fine-tuning start (or None) per member; got {len(starts)}")
     if backend == "auto":
         backend = choose_backend(count, seconds_per_member)
     if backend not in ("sequential", "threading", "loky"):
@@ -157,8 +166,8 @@ def train_members(
         )
     if backend == "sequential" or count == 1:
         results = [
-            _train_one(member, z, x, config, int(seed), callback)
-            for member, seed, callback in zip(members, seeds, callbacks)
+            _train_one(member, z, x, config, int(seed), callback, start)
+            for member, seed, callback, start in zip(members, seeds, callbacks, starts)
         ]
     else:
         from joblib import Parallel, delayed
@@ -167,8 +176,8 @@ def train_members(
             callbacks = [None] * count
         workers = min(count, max(_usable_cpus(), 1))
         results = Parallel(n_jobs=workers, backend=backend)(
-            delayed(_train_one)(member, z, x, config, int(seed), callback)
-            for member, seed, callback in zip(members, seeds, callbacks)
+            delayed(_train_one)(member, z, x, config, int(seed), callback, start)
+            for member, seed, callback, start in zip(members, seeds, callbacks, starts)
         )
     trained = [member for member, _ in results]
     histories = [history for _, history in results]

@@ -65,8 +65,10 @@ class FlatAdam:
             self.parameters = torch.cat([p.detach().reshape(-1) for p in trainable])
         self.gradients = torch.zeros_like(self.parameters)
         offset = 0
+        self._slices: dict[int, slice] = {}
         for parameter in trainable:
             size = parameter.numel()
+            self._slices[id(parameter)] = slice(offset, offset + size)
             parameter.data = self.parameters[offset:offset + size].view_as(parameter)
             parameter.grad = self.gradients[offset:offset + size].view_as(parameter)
             offset += size
@@ -78,6 +80,16 @@ class FlatAdam:
         self._steps = 0
         # per-element step counts, once a step has been limited to some elements
         self._element_steps: Tensor | None = None
+
+    def active_except(self, frozen: list[nn.Parameter]) -> Tensor | None:
+        """The ``(p,)`` mask for :meth:`step` that leaves out the ``frozen``
+        parameters (of this optimiser's module); ``None`` when none is."""
+        if not frozen:
+            return None
+        active = torch.ones_like(self.parameters, dtype=torch.bool)
+        for parameter in frozen:
+            active[self._slices[id(parameter)]] = False
+        return active
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (in place: the ``.grad`` views stay)."""

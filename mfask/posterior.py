@@ -38,6 +38,7 @@ from mfask.errors import (
     StateFormatError,
 )
 from mfask.estimator import ConditionalFlow, FlowConfig
+from mfask.fine_tuning import FineTuningConfig, FineTuningStart
 from mfask.fidelity import Fidelity, FidelitySpec, ask_target
 from mfask.map_estimate import MapSettings, maximum_a_posteriori
 from mfask.parameter_space import ParameterSpace, ParameterSpaceName
@@ -147,6 +148,14 @@ class MultiFidelityPosterior(PriorBook):
             ``docs/transfer_guard.md``). Costs the HF-only training at each
             such fit. ``False`` always keeps the fine-tuned networks (the
             paper's MF-NPE).
+        fine_tuning: how the networks of a level that starts from the level
+            below fine-tune those weights
+            (:class:`~mfask.fine_tuning.FineTuningConfig`: an L2-SP pull
+            towards them, the conditioner trunk frozen for the first
+            epochs). The default is plain fine-tuning: with the
+            transfer guard neither option helped in
+            ``docs/fine_tuning.md``'s measurement. Fresh networks
+            (the lowest level, the guard's HF-only candidate) never use it.
         verbose: show a progress bar on standard error while training (from
             a second on, see :mod:`mfask.training_progress`); ``False`` is
             silent. Not part of the saved state: :meth:`load` takes it again.
@@ -166,6 +175,7 @@ class MultiFidelityPosterior(PriorBook):
         match_tolerance: float = 1e-5,
         parameter_space: ParameterSpaceName = "support",
         transfer_guard: bool = True,
+        fine_tuning: FineTuningConfig = FineTuningConfig(),
         verbose: bool = True,
     ) -> None:
         # the prior, fidelities, seed and match_tolerance are checked by PriorBook
@@ -185,6 +195,10 @@ class MultiFidelityPosterior(PriorBook):
             )
         if not isinstance(transfer_guard, bool):
             raise InvalidInputError(f"transfer_guard must be True or False; got {transfer_guard!r}")
+        if not isinstance(fine_tuning, FineTuningConfig):
+            raise InvalidInputError(
+                f"fine_tuning must be a FineTuningConfig; got {type(fine_tuning).__name__}"
+            )
         if embedding_net is not None and not isinstance(embedding_net, nn.Module):
             raise InvalidInputError(
                 f"embedding_net must be a torch.nn.Module; got {type(embedding_net).__name__}"
@@ -195,6 +209,7 @@ class MultiFidelityPosterior(PriorBook):
         self.ensemble_size = ensemble_size
         self.transfer_standardization: TransferStandardization = transfer_standardization
         self.transfer_guard = transfer_guard
+        self.fine_tuning = fine_tuning
         self.verbose = verbose
         self._embedding_template = embedding_net
         self._levels = [_Level() for _ in self.fidelities]
@@ -421,6 +436,7 @@ class MultiFidelityPosterior(PriorBook):
                     member.set_standardization(z, x32)
         else:
             members, start = self._fresh_members(level, count, z, x32), "fresh"
+        starts = self._fine_tuning_starts(lower, count)
         guarded = self.transfer_guard and lower is not None
         hf_only: list[ConditionalFlow] = []
         hf_start = ""
@@ -449,6 +465,7 @@ class MultiFidelityPosterior(PriorBook):
                 seeds * (2 if guarded else 1),
                 seconds_per_member=None if not previous else sum(h.seconds for h in previous) / len(previous),
                 progress=[progress.callback(k) for k in range(len(labels))],
+                fine_tuning=[*starts, *([None] * len(hf_only))],
             )
             progress.finish(histories)
         self._warn_if_capped(level, labels, histories)
@@ -469,6 +486,16 @@ class MultiFidelityPosterior(PriorBook):
         state.initialised_from = lower_key
         state.histories.append(histories)
         return histories
+
+    def _fine_tuning_starts(self, lower: int | None, count: int) -> list[FineTuningStart | None]:
+        """Per fine-tuned member, its :class:`FineTuningStart` anchored at the
+        lower level's weights it was (or, at a warm refit, had been) copied
+        from; ``None`` for plain fine-tuning or a level without a lower one."""
+        if lower is None or self.fine_tuning.is_plain:
+            return [None] * count
+        source = self._levels[lower].transfer_sources()
+        return [FineTuningStart.from_pretrained(self.fine_tuning, source[k % len(source)])
+                for k in range(count)]
 
     def _fresh_members(self, level: int, count: int, z: Tensor, x: Tensor) -> list[ConditionalFlow]:
         """``count`` newly initialised flows standardised on ``z (n, d)``, ``x (n, *x_shape)``."""
@@ -700,6 +727,7 @@ class MultiFidelityPosterior(PriorBook):
             "match_tolerance": self.match_tolerance,
             "parameter_space": self.space.name,
             "transfer_guard": self.transfer_guard,
+            "fine_tuning": self.fine_tuning.to_dict(),
             "has_embedding_net": self._embedding_template is not None,
         }
 
@@ -772,6 +800,7 @@ class MultiFidelityPosterior(PriorBook):
                 match_tolerance=float(meta["match_tolerance"]),
                 parameter_space=meta.get("parameter_space", "unbounded"),
                 transfer_guard=meta.get("transfer_guard", False),  # absent: saved before the guard
+                fine_tuning=FineTuningConfig.from_dict(meta.get("fine_tuning", {})),  # absent: plain
             )
             obj._restore_records(meta, arrays)
             obj._ask_generator = generator_from_array(arrays["rng/ask"])

@@ -16,6 +16,9 @@ Example (TOML)::
     [training]                            # optional: mfask.TrainingConfig fields
     max_epochs = 500
 
+    [fine_tuning]                         # optional: mfask.FineTuningConfig fields
+    freeze_epochs = 20
+
 Optional top-level keys: ``ensemble_size``, ``transfer_standardization``,
 ``match_tolerance``, ``parameter_space``, ``transfer_guard``. Unknown keys are errors (a typo must not pass silently).
 A distribution is any of :func:`mfask.prior_from_spec`'s marginals with its
@@ -34,6 +37,7 @@ from typing import Any, Mapping
 from mfask.errors import InvalidInputError
 from mfask.estimator import FlowConfig
 from mfask.fidelity import Fidelity
+from mfask.fine_tuning import FineTuningConfig
 from mfask.posterior import MultiFidelityPosterior
 from mfask.priors import prior_from_spec
 from mfask.training import TrainingConfig
@@ -44,7 +48,7 @@ __all__ = ["read_spec", "posterior_from_spec"]
 _TOP_LEVEL = {
     "seed", "fidelities", "parameters", "flow", "training",
     "ensemble_size", "transfer_standardization", "match_tolerance", "parameter_space",
-    "transfer_guard",
+    "transfer_guard", "fine_tuning",
 }
 
 
@@ -103,7 +107,8 @@ def posterior_from_spec(spec: Mapping[str, Any]) -> MultiFidelityPosterior:
                 "parameter_space", "transfer_guard"):
         if key in spec:
             options[key] = spec[key]
-    for key, config in (("flow", FlowConfig), ("training", TrainingConfig)):
+    for key, config in (("flow", FlowConfig), ("training", TrainingConfig),
+                        ("fine_tuning", FineTuningConfig)):
         if key in spec:
             if not isinstance(spec[key], Mapping):
                 raise InvalidInputError(f"[{key}] must be a table")

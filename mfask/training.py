@@ -5,7 +5,9 @@ a random 10% validation split, Adam at 5e-4, batches of 200, gradient norm
 clipped at 5, and early stopping after 20 epochs without a better validation
 loss, after which the best weights are restored. Warm starts (fine-tuning a
 copy of a lower fidelity's model, or continuing from an earlier round) simply
-pass a flow that already has weights.
+pass a flow that already has weights; a :class:`~mfask.fine_tuning.FineTuningStart`
+adds the L2-SP pull towards the pre-trained weights and freezes the
+conditioner trunk for the first epochs.
 
 The loop indexes tensors directly instead of going through a ``DataLoader``:
 for the small tabular data sets of SBI the loader's per-batch overhead costs
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from mfask.errors import InvalidInputError, NotEnoughDataError
 from mfask.estimator import ConditionalFlow
+from mfask.fine_tuning import FineTuningStart
 from mfask.flat_adam import FlatAdam
 
 __all__ = [
@@ -135,6 +138,7 @@ def train_flow(
     *,
     seed: int,
     progress: Callable[[EpochReport], None] | None = None,
+    fine_tuning: FineTuningStart | None = None,
 ) -> TrainingHistory:
     """Fit ``flow`` to pairs ``(z, x)`` by maximum likelihood, in place.
 
@@ -145,6 +149,10 @@ def train_flow(
         config: the loop's settings.
         seed: seeds the validation split and the batch order.
         progress: called after every epoch with an :class:`EpochReport`.
+        fine_tuning: for a flow copied from a lower level, the L2-SP penalty
+            (added to every batch's loss; the recorded losses are the NLL
+            alone) and the trunk frozen for the first epochs (during which
+            early stopping waits; its patience starts at the release).
 
     Returns:
         The :class:`TrainingHistory`; ``flow`` holds the best weights found.
@@ -160,6 +168,7 @@ def train_flow(
     z_val, x_val = z[split.validation], x[split.validation]
     num_train, num_validation = z_train.shape[0], z_val.shape[0]
 
+    named = list(flow.named_parameters())  # collected once: walking the module tree every step costs
     optimizer = FlatAdam(flow, config.learning_rate)
     history = TrainingHistory(num_train=num_train, num_validation=num_validation)
     best_loss = math.inf
@@ -168,17 +177,26 @@ def train_flow(
     best_buffers = [buffer.clone() for buffer in buffers]
     since_improvement = 0
     started = time.perf_counter()
+    freeze_epochs = fine_tuning.config.freeze_epochs if fine_tuning is not None else 0
     for epoch in range(config.max_epochs):
         flow.train()
+        if epoch == freeze_epochs and freeze_epochs > 0:
+            since_improvement = 0  # the trunk is released: patience counts afresh
+        frozen_names = set(fine_tuning.frozen(epoch)) if fine_tuning is not None else set()
+        frozen = [parameter for name, parameter in named if name in frozen_names]
+        active = optimizer.active_except(frozen)
         batches = torch.randperm(num_train, generator=generator).split(config.batch_size)
         total = 0.0
         for batch in batches:
             optimizer.zero_grad()
             loss = -flow.log_prob(z_train[batch], x_train[batch]).mean()
-            loss.backward()
+            penalty = fine_tuning.penalty(named, num_train) if fine_tuning is not None else None
+            (loss if penalty is None else loss + penalty).backward()
+            for parameter in frozen:  # no gradient (nor clipping share): Adam leaves it and its moments alone
+                parameter.grad.zero_()
             if config.clip_max_norm is not None:
                 optimizer.clip_grad_norm(config.clip_max_norm)
-            optimizer.step()
+            optimizer.step(active)
             total += loss.item() * batch.shape[0]
         history.train_loss.append(total / num_train)
 
@@ -195,7 +213,7 @@ def train_flow(
         if progress is not None:
             progress(EpochReport(epoch, history.train_loss[-1], validation_loss,
                                  best_loss, since_improvement))
-        if since_improvement >= config.stop_after_epochs:
+        if since_improvement >= config.stop_after_epochs and epoch >= freeze_epochs:
             history.stopped_early = True
             break
     optimizer.restore(best_parameters)
