@@ -39,7 +39,7 @@ from mfask.benchmarks.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sbibm_suite import mean_and_se, read_rows  # noqa: E402  (the suite's JSON Lines helpers)
-from transfer_guard import nltp, seed_data  # noqa: E402  (the guard benchmark's data and score)
+from transfer_guard import nltp, pretrain, seed_data  # noqa: E402  (the guard benchmark's data and score)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "benchmarks" / "results" / "fine_tuning.jsonl"
@@ -67,11 +67,7 @@ def run_seed(task_name: str, highs: list[int], low: int, seed: int, tests: int,
     (test_theta, test_x), (high_theta, high_x), (low_theta, low_x) = seed_data(
         task, "task", max(highs), low, seed, tests)
     fidelities = [task.fidelities[0], task.fidelities[-1]]
-    started = time.perf_counter()
-    pretrained = mfask.MultiFidelityPosterior(task.prior, fidelities, seed=seed, verbose=False)
-    pretrained.tell(low_theta, low_x, fidelities[0], unasked="prior")
-    pretrained.fit(fidelities[0])
-    pretrain_seconds = time.perf_counter() - started
+    pretrained, pretrain_seconds = pretrain(task, low_theta, low_x, seed)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "pretrained.npz"

@@ -77,6 +77,18 @@ def nltp(post: mfask.MultiFidelityPosterior, theta: np.ndarray, x: np.ndarray) -
     return float(-post.log_prob_batched(theta[:, None, :], x).mean())
 
 
+def pretrain(task: Task, low_theta: np.ndarray, low_x: np.ndarray, seed: int
+             ) -> tuple[mfask.MultiFidelityPosterior, float]:
+    """A posterior over the task's lowest and highest fidelity, trained on the
+    LF rows ``low_theta (n, d)``, ``low_x (n, *x_shape)``; and its seconds."""
+    fidelities = [task.fidelities[0], task.fidelities[-1]]
+    started = time.perf_counter()
+    pretrained = mfask.MultiFidelityPosterior(task.prior, fidelities, seed=seed, verbose=False)
+    pretrained.tell(low_theta, low_x, fidelities[0], unasked="prior")
+    pretrained.fit(fidelities[0])
+    return pretrained, time.perf_counter() - started
+
+
 def seed_data(task: Task, kind: str, high: int, low: int, seed: int, tests: int
               ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """One seed's data: ``(test, high, low)``, each ``(theta (n, d), x (n, *x_shape))``;
@@ -102,11 +114,7 @@ def run_seed(task: Task, kind: str, highs: list[int], low: int, seed: int, tests
     (test_theta, test_x), (high_theta, high_x), (low_theta, low_x) = seed_data(
         task, kind, max(highs), low, seed, tests)
     fidelities = [task.fidelities[0], task.fidelities[-1]]
-    started = time.perf_counter()
-    pretrained = mfask.MultiFidelityPosterior(task.prior, fidelities, seed=seed)
-    pretrained.tell(low_theta, low_x, fidelities[0], unasked="prior")
-    pretrained.fit(fidelities[0])
-    pretrain_seconds = time.perf_counter() - started
+    pretrained, pretrain_seconds = pretrain(task, low_theta, low_x, seed)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "pretrained.npz"
