@@ -356,9 +356,9 @@ def test_the_status_probe_neither_creates_nor_changes_the_lock_file(
 
 
 # ================================================== 11: read-only studies
-def assert_read_only(study: Study, path: Path, *, trained: bool) -> None:
+def assert_read_only(study: Study, path: Path, *, trained: bool, scratch: Path) -> None:
     """Reading works, every change raises ReadOnlyStudyError, the file stays
-    as it was."""
+    as it was (``scratch``: a writable folder for a saved state)."""
     before = file_state(path)
     assert study.read_only
     status = study.status()
@@ -384,6 +384,10 @@ def assert_read_only(study: Study, path: Path, *, trained: bool) -> None:
         samples = study.sample(5, X_O)
         assert samples.shape == (5, 2) and np.all(np.isfinite(samples))
         assert np.all(np.isfinite(study.log_prob(samples, X_O)))
+        saved = scratch / "saved.npz"
+        study.save(saved)
+        assert saved.stat().st_size > 0
+        saved.unlink()
     else:
         with pytest.raises(ReadOnlyStudyError, match="needs to train"):
             study.sample(5, X_O)
@@ -396,7 +400,7 @@ def test_a_study_opened_read_only_reads_and_refuses_changes(tmp_path: Path, trai
     writable = make_study(path, trained=trained)
     for lazy in (False, True):
         study = open_study(path, read_only=True, lazy=lazy, verbose=False)
-        assert_read_only(study, path, trained=trained)
+        assert_read_only(study, path, trained=trained, scratch=tmp_path)
         study.close()
     if trained:  # the stored sampling stream: a read-only sample is the writable study's next one
         reader = open_study(path, read_only=True)
@@ -428,7 +432,7 @@ def test_a_read_only_file_opens_for_reading(tmp_path: Path, capsys: pytest.Captu
     path.chmod(0o444)
     try:
         study = open_study(path)
-        assert_read_only(study, path, trained=True)
+        assert_read_only(study, path, trained=True, scratch=tmp_path)
         study.close()
         assert run_cli(capsys, "status", path)[0] == 0
         code, _, err = run_cli(capsys, "ask", path, "-f", "high", "-n", "2")
@@ -449,7 +453,7 @@ def test_a_study_in_a_read_only_folder_opens_for_reading(
     folder.chmod(0o555)
     try:
         study = open_study(path)
-        assert_read_only(study, path, trained=True)
+        assert_read_only(study, path, trained=True, scratch=tmp_path)
         study.close()
         assert run_cli(capsys, "status", path)[0] == 0
         assert run_cli(capsys, "status", path, "--pending")[0] == 0
