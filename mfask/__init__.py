@@ -20,7 +20,8 @@ _EXPORTS = {
     "mfask.errors": (
         "InvalidInputError", "LeakageError", "LeakageWarning", "MaxEpochsWarning", "MfaskError",
         "NotEnoughDataError",
-        "OutsidePriorError", "StateFormatError", "StudyLockedError", "TicketAlreadyToldError",
+        "OutsidePriorError", "ReadOnlyStudyError", "StateFormatError", "StudyLockedError",
+        "StudyStorageError", "TicketAlreadyToldError",
         "UnknownFidelityError", "UnknownTicketError", "UnmatchedParametersError",
     ),
     "mfask.acquisition": ("AcquisitionConfig",),
@@ -75,6 +76,8 @@ __all__ = [
     "MaxEpochsWarning",
     "StateFormatError",
     "StudyLockedError",
+    "StudyStorageError",
+    "ReadOnlyStudyError",
 ]
 
 __version__ = "0.1.0"

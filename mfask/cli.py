@@ -36,7 +36,10 @@ an exit code a script can act on:
       already told, wrong number of outputs...
 4     not enough data yet (e.g. ``fit``/``sample`` before 2 results)
 5     study file problem: missing, already exists (``init``), not a
-      study, unknown schema version, tampered or corrupt
+      study, unknown schema version, tampered or corrupt; or its files
+      cannot be read or written (a change to a read-only study, a full
+      disk, an I/O error, the file deleted or replaced while open, a lock
+      file that is not mfask's)
 6     busy: another process held the study (training lock or database)
       for longer than ``--timeout``/``--wait``
 130   interrupted (Ctrl-C)
@@ -143,6 +146,7 @@ def _classify(error: BaseException) -> tuple[int, str]:
         NotEnoughDataError,
         StateFormatError,
         StudyLockedError,
+        StudyStorageError,
         TicketAlreadyToldError,
     )
 
@@ -150,7 +154,7 @@ def _classify(error: BaseException) -> tuple[int, str]:
         raise error
     if isinstance(error, StudyLockedError):
         return EXIT_CODES["busy"], str(error)
-    if isinstance(error, StateFormatError):
+    if isinstance(error, (StateFormatError, StudyStorageError)):
         return EXIT_CODES["study_file"], str(error)
     if isinstance(error, (FileNotFoundError, FileExistsError)):
         return EXIT_CODES["study_file"], str(error)

@@ -2,7 +2,8 @@
 
 Every error that bad user input can cause is a subclass of :class:`MfaskError`
 and of the built-in exception a Python user would expect (``ValueError``,
-``KeyError``), so ``except ValueError`` keeps working. When one of these is
+``KeyError``, ``OSError`` for the study's files), so ``except ValueError``
+keeps working. When one of these is
 raised from a public method the object's state is unchanged.
 """
 
@@ -21,6 +22,8 @@ __all__ = [
     "LeakageWarning",
     "StateFormatError",
     "StudyLockedError",
+    "StudyStorageError",
+    "ReadOnlyStudyError",
 ]
 
 
@@ -69,6 +72,21 @@ class StateFormatError(MfaskError, ValueError):
 class StudyLockedError(MfaskError, TimeoutError):
     """A study stayed locked by another process for longer than the timeout
     (its training lock, or its database while another process wrote)."""
+
+
+class StudyStorageError(MfaskError, OSError):
+    """The study's files could not be read or written as a call needed: a
+    full disk, an I/O error, a file or folder that is not writable, a study
+    file deleted or replaced while open, or a training lock file that is not
+    mfask's (a symbolic link, another file). The message says what to do;
+    the call changed nothing, in memory or in the file."""
+
+
+class ReadOnlyStudyError(StudyStorageError):
+    """A change was asked of a study that can only be read here (its file,
+    folder or file system is not writable, or it was opened with
+    ``read_only=True``). Reading still works: status, tickets, export, and
+    samples from the trained models it holds."""
 
 
 class LeakageError(MfaskError, RuntimeError):

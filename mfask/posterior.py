@@ -378,6 +378,17 @@ class MultiFidelityPosterior(PriorBook):
                 histories[self.fidelity_names[level]] = self._train_level(level)
         return histories
 
+    def needs_fit(self, fidelity: str | None = None) -> bool:
+        """Whether :meth:`fit` (with the same ``fidelity``) would train
+        anything now: some level up to ``fidelity`` (default: the highest
+        with data) has results it was not trained on, or was trained from a
+        lower level that has been retrained since.
+
+        Raises :class:`NotEnoughDataError` as :meth:`fit` does.
+        """
+        top = self._top_level(fidelity)
+        return any(self._needs_training(level) for level in range(top + 1))
+
     def _level_data_count(self, level: int) -> int:
         return self._ledger.count(level, DONE)
 

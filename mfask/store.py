@@ -25,6 +25,16 @@ Readers bring their copy up to date with the rows whose ``revision`` is newer
 than the last one they saw. Nothing read from the file is unpickled or
 executed: a crafted file can only fail to load with
 :class:`~mfask.errors.StateFormatError`.
+
+The file's troubles surface as :class:`~mfask.errors.StudyStorageError`
+(never a raw ``sqlite3`` or ``OSError``), with the transaction rolled back:
+a full disk, an I/O error, a file that cannot be written
+(:class:`~mfask.errors.ReadOnlyStudyError`), and a file deleted or replaced
+since it was opened (its ``st_dev``/``st_ino`` are checked at the start of
+every transaction and before every commit, so a change never goes to a file
+that is no longer the study). A study that cannot be written here (a
+read-only file, folder or file system) opens read-only: its write
+transactions are refused before they start.
 """
 
 from __future__ import annotations
@@ -43,7 +53,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from mfask.errors import InvalidInputError, StateFormatError, StudyLockedError
+from mfask.errors import (
+    InvalidInputError,
+    ReadOnlyStudyError,
+    StateFormatError,
+    StudyLockedError,
+    StudyStorageError,
+)
 from mfask.state_file import decode_state, encode_state
 from mfask.tickets import SOURCES, STATUSES
 
@@ -143,14 +159,32 @@ class StudyStore:
         connection: an SQLite connection in autocommit mode.
         path: the file.
         timeout: seconds to wait for another process's write transaction.
+        read_only_reason: why the file can only be read here (``None``: it
+            can be written); write transactions are then refused.
+        snapshot: the connection reads the file as immutable (a folder where
+            SQLite cannot create ``<file>-shm``): it must not be written by
+            anyone meanwhile, which is checked at every transaction.
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: Path, timeout: float) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, path: Path, timeout: float, *,
+        read_only_reason: str | None = None, snapshot: bool = False,
+    ) -> None:
         self._connection = connection
         self.path = path
         self.timeout = timeout
+        self.read_only_reason = read_only_reason
+        self._snapshot = snapshot
         self._depth = 0
         self._write_revision: int | None = None
+        # the file the connection has open (absolute: a later chdir changes nothing)
+        self._file = path.resolve()
+        self._identity = _file_identity(self._file)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the file can only be read here (see :attr:`read_only_reason`)."""
+        return self.read_only_reason is not None
 
     # ------------------------------------------------------------ open/close
     @classmethod
@@ -168,8 +202,16 @@ class StudyStore:
                 f"{target} already exists; open it (open_study, or create_study(..., "
                 "load_if_exists=True)) or choose another path"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        connection = _connect(target, timeout, synchronous, create=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StudyStorageError(
+                f"cannot create the folder {target.parent} for the study: {error.strerror or error}"
+            ) from None
+        try:
+            connection = _connect(target, timeout, synchronous, create=True)
+        except sqlite3.OperationalError as error:
+            raise _storage_error(error, target, timeout, "create") from None
         store = cls(connection, target, timeout)
         with store.transaction():
             for statement in _SCHEMA.split(";"):
@@ -191,22 +233,27 @@ class StudyStore:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, timeout: float = 60.0, synchronous: str = "full"
+        cls, path: str | os.PathLike[str], *, timeout: float = 60.0, synchronous: str = "full",
+        read_only: bool = False,
     ) -> "StudyStore":
-        """Open an existing study file.
+        """Open an existing study file; read-only with ``read_only``, or when
+        it cannot be written here (a read-only file, folder or file system).
 
-        Raises :class:`FileNotFoundError`, or :class:`StateFormatError` when the
-        file is not an mfask study or has another schema version.
+        Raises :class:`FileNotFoundError`, :class:`StateFormatError` when the
+        file is not an mfask study or has another schema version, or
+        :class:`StudyStorageError` when it cannot be read.
         """
         target = study_file_path(path)
         if not target.is_file():
             raise FileNotFoundError(f"no study file at {target}")
-        connection = _connect(target, timeout, synchronous, create=False)
-        store = cls(connection, target, timeout)
+        connection, reason, snapshot = _connect_existing(target, timeout, synchronous, read_only)
+        store = cls(connection, target, timeout, read_only_reason=reason, snapshot=snapshot)
         try:
             rows = dict(connection.execute("SELECT key, value FROM study_info").fetchall())
         except sqlite3.DatabaseError as error:
             connection.close()
+            if isinstance(error, sqlite3.OperationalError) and _sqlite_failure(error) is not None:
+                raise _storage_error(error, target, timeout, "read") from None
             raise StateFormatError(f"{target} is not an mfask study file ({error})") from None
         if rows.get("format") != STUDY_FORMAT:
             connection.close()
@@ -231,7 +278,10 @@ class StudyStore:
         before the commit. Nested uses join the outer transaction.
 
         Raises :class:`StudyLockedError` when another process held the write
-        lock for longer than :attr:`timeout`.
+        lock for longer than :attr:`timeout`; :class:`ReadOnlyStudyError` for
+        a write to a read-only study (before anything is done);
+        :class:`StudyStorageError` when the file was deleted or replaced since
+        it was opened, or SQLite failed to read or write it (rolled back).
         """
         if self._depth:
             self._depth += 1
@@ -240,24 +290,64 @@ class StudyStore:
             finally:
                 self._depth -= 1
             return
+        if write and self.read_only_reason is not None:
+            raise ReadOnlyStudyError(
+                f"{self.path} is open read-only ({self.read_only_reason}); this call would change "
+                "it, so nothing was done. Reading works (status, tickets, export, samples from "
+                "its trained models). To change the study, make the file and its folder "
+                "writable and open it again, or work on a copy"
+            )
+        action = "write" if write else "read"
         try:
             self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.OperationalError as error:
-            raise _locked_error(error, self) from None
+            if _sqlite_failure(error) is None:
+                raise
+            raise _storage_error(error, self.path, self.timeout, action) from None
         self._depth = 1
         self._write_revision = None
         try:
+            self._check_file()
             yield
+            if write:
+                self._check_file()
             self._connection.execute("COMMIT")
         except BaseException as error:
             if self._connection.in_transaction:
-                self._connection.execute("ROLLBACK")
-            if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-                raise _locked_error(error, self) from None
+                try:
+                    self._connection.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error that stopped the transaction says more
+            if isinstance(error, sqlite3.OperationalError) and _sqlite_failure(error) is not None:
+                raise _storage_error(error, self.path, self.timeout, action) from None
             raise
         finally:
             self._depth = 0
             self._write_revision = None
+
+    def _check_file(self) -> None:
+        """Raise :class:`StudyStorageError` if the file at :attr:`path` is no
+        longer the one this store opened (deleted, or replaced by another),
+        or, for a snapshot, if someone started writing it."""
+        try:
+            identity = _file_identity(self._file)
+        except FileNotFoundError:
+            identity = None
+        except OSError as error:
+            raise StudyStorageError(f"cannot check {self.path}: {error.strerror or error}") from None
+        if identity != self._identity:
+            what = "deleted" if identity is None else "replaced by another file"
+            raise StudyStorageError(
+                f"{self.path} was {what} after this process opened it, so nothing was read or "
+                "written (a change would have gone to the old file and been lost). Close this "
+                "study; if the file now at that path is the study to continue, open it again"
+            )
+        if self._snapshot and _holds_log(self._file):
+            raise StudyStorageError(
+                f"{self.path} is being written by another process ({self._file.name}-wal "
+                "appeared) while this process reads it as a read-only snapshot (SQLite cannot "
+                "share its changes in a folder that is not writable here); open it again"
+            )
 
     def _require_transaction(self) -> None:
         if not self._depth:
@@ -617,6 +707,9 @@ _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
 
 
 def _connect(path: Path, timeout: float, synchronous: str, create: bool) -> sqlite3.Connection:
+    """A read-write connection in WAL mode. Raises :class:`StateFormatError`
+    for a file that is not a database, and ``sqlite3.OperationalError`` when
+    SQLite cannot open the file (see :func:`_storage_error`)."""
     if synchronous not in ("full", "normal"):
         raise ValueError(f"synchronous must be 'full' or 'normal'; got {synchronous!r}")
     uri = f"{path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}"
@@ -626,11 +719,101 @@ def _connect(path: Path, timeout: float, synchronous: str, create: bool) -> sqli
         connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     except sqlite3.DatabaseError as error:
         connection.close()
+        if isinstance(error, sqlite3.OperationalError) and _sqlite_failure(error) is not None:
+            raise
         raise StateFormatError(f"{path} is not an mfask study file ({error})") from None
     if str(mode).lower() != "wal":
         connection.close()
         raise StateFormatError(f"{path}: could not switch the database to WAL mode (got {mode})")
     return connection
+
+
+def _connect_existing(
+    path: Path, timeout: float, synchronous: str, read_only: bool
+) -> tuple[sqlite3.Connection, str | None, bool]:
+    """Connect to an existing study file: for reading and writing when it
+    can be written here, else read-only. Returns the connection, why it is
+    read-only (``None``: writable) and whether it reads an immutable snapshot
+    (see :func:`_connect_read_only`)."""
+    if read_only:
+        return _connect_read_only(path, timeout, "opened with read_only=True")
+    try:
+        connection = _connect(path, timeout, synchronous, create=False)
+    except sqlite3.OperationalError as error:
+        failure = _sqlite_failure(error)
+        if failure == "read-only":
+            reason = "its file or file system is not writable here"
+        elif failure == "cannot-open":  # e.g. a folder where SQLite cannot create <file>-wal
+            reason = "its folder or file system is not writable here"
+        else:
+            raise _storage_error(error, path, timeout, "open") from None
+        return _connect_read_only(path, timeout, reason)
+    if _writable(path):
+        return connection, None, False
+    return connection, "its file or file system is not writable here", False
+
+
+def _connect_read_only(path: Path, timeout: float, reason: str) -> tuple[sqlite3.Connection, str, bool]:
+    """A read-only connection. In a folder where SQLite cannot create the
+    WAL index ``<file>-shm`` it falls back to reading the file as immutable (a
+    snapshot), provided no write-ahead log ``<file>-wal`` holds changes that
+    are not in the file yet. Returns the connection, ``reason`` and whether
+    it is a snapshot."""
+    base = path.resolve().as_uri()
+    try:
+        return _probed_connection(f"{base}?mode=ro", path, timeout), reason, False
+    except sqlite3.OperationalError as error:
+        if _sqlite_failure(error) not in ("cannot-open", "read-only"):
+            raise _storage_error(error, path, timeout, "read") from None
+    if _holds_log(path):
+        raise StudyStorageError(
+            f"cannot read {path} ({reason}): SQLite would need to create {path.name}-shm "
+            f"to read the changes held in its write-ahead log {path.name}-wal. "
+            "Open it once where its folder is writable (closing it folds the log into the "
+            "file), or copy the folder (all the study's files) to a writable place"
+        )
+    try:
+        return _probed_connection(f"{base}?mode=ro&immutable=1", path, timeout), reason, True
+    except sqlite3.OperationalError as error:
+        raise _storage_error(error, path, timeout, "read") from None
+
+
+def _probed_connection(uri: str, path: Path, timeout: float) -> sqlite3.Connection:
+    """A connection to ``uri`` that has read the schema (SQLite opens files
+    lazily). Raises ``sqlite3.OperationalError`` when SQLite cannot read
+    it, :class:`StateFormatError` for a file that is not a database."""
+    connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+    try:
+        connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        connection.close()
+        raise
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        raise StateFormatError(f"{path} is not an mfask study file ({error})") from None
+    return connection
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write the file (by its effective user where
+    the platform tells)."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, os.W_OK, effective_ids=True)
+    return os.access(path, os.W_OK)
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """The device and inode of the file at ``path`` (which file it is)."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _holds_log(path: Path) -> bool:
+    """Whether the study file has a non-empty write-ahead log beside it."""
+    try:
+        return os.stat(f"{path}-wal").st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _array_from_blob(name: str, dtype: str, shape: str, data: bytes) -> np.ndarray:
@@ -649,10 +832,61 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _locked_error(error: sqlite3.OperationalError, store: StudyStore) -> Exception:
-    if "locked" in str(error) or "busy" in str(error):
+# kinds of SQLite failures: (kind, result code names, message texts)
+_SQLITE_FAILURES = (
+    ("busy", ("SQLITE_BUSY", "SQLITE_LOCKED"), ("locked", "busy")),
+    ("full", ("SQLITE_FULL",), ("database or disk is full",)),
+    ("read-only", ("SQLITE_READONLY",), ("attempt to write a readonly database",)),
+    ("io", ("SQLITE_IOERR",), ("disk I/O error",)),
+    ("cannot-open", ("SQLITE_CANTOPEN",), ("unable to open database file",)),
+)
+
+
+def _sqlite_failure(error: sqlite3.Error) -> str | None:
+    """The kind of an SQLite failure (a first item of :data:`_SQLITE_FAILURES`),
+    ``None`` for failures that are not about storage (malformed data, bugs)."""
+    name = getattr(error, "sqlite_errorname", None) or ""  # (Python >= 3.11)
+    text = str(error)
+    return next(
+        (kind for kind, names, texts in _SQLITE_FAILURES
+         if name.startswith(names) or any(t in text for t in texts)),
+        None,
+    )
+
+
+def _storage_error(
+    error: sqlite3.Error, path: Path, timeout: float, action: str
+) -> StudyLockedError | StudyStorageError:
+    """The mfask error for SQLite's failure to ``action`` ("read", "write",
+    "open", "create") the file, with what to do."""
+    kind = _sqlite_failure(error)
+    companions = f"{path.name}-wal and {path.name}-shm"
+    if kind == "busy":
         return StudyLockedError(
-            f"{store.path} stayed locked by another process for more than {store.timeout:g} s "
+            f"{path} stayed locked by another process for more than {timeout:g} s "
             f"({error}); retry, or open the study with a longer timeout"
         )
-    return error
+    if kind == "read-only":
+        return ReadOnlyStudyError(
+            f"cannot {action} {path}: it is read-only here ({error}): the file, its folder "
+            f"(SQLite writes {companions} beside the file) or its file system is not writable. "
+            "Make them writable and open the study again, or work on a copy; reading it works. "
+            "Nothing was changed"
+        )
+    if kind == "full":
+        return StudyStorageError(
+            f"could not {action} {path}: the disk is full ({error}). Free space on the disk "
+            "that holds the study and retry; nothing was changed"
+        )
+    if kind == "io":
+        return StudyStorageError(
+            f"could not {action} {path}: disk I/O error ({error}). Check the disk or file "
+            "system (a removed drive, a network file system, the file deleted while open) "
+            "and retry; nothing was changed"
+        )
+    if kind == "cannot-open":
+        return StudyStorageError(
+            f"could not {action} {path} ({error}): SQLite cannot open the file or create "
+            f"{companions} beside it; check the permissions of the file and its folder"
+        )
+    return StudyStorageError(f"could not {action} {path}: {error}")

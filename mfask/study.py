@@ -35,6 +35,16 @@ for asks from the prior and tells by parameter value; the whole posterior
 ``sample``, ``save``. That keeps short-lived processes (the ``mfask``
 command) quick to start; the file is the same whichever was loaded.
 
+A study that cannot be written here (a read-only file, folder or file
+system, or ``read_only=True``) opens read-only: ``status``, ``tickets``,
+``pending``, ``count``, ``info``, ``save`` and queries of the trained models
+it holds (``sample``, ``log_prob``; their random stream is then not stored)
+work; a call that would change the file raises
+:class:`~mfask.errors.ReadOnlyStudyError` and changes nothing. Failures of
+the file itself (a full disk, an I/O error, the file deleted or replaced
+while open) raise :class:`~mfask.errors.StudyStorageError`, with the file and
+the in-memory state as before the call (see :mod:`mfask.store`).
+
 Example::
 
     study = mfask.create_study("run.mfask", prior, ["low", "high"], seed=0)
@@ -59,7 +69,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import numpy as np
 
-from mfask.errors import InvalidInputError, MfaskError, NotEnoughDataError, StateFormatError
+from mfask.errors import (
+    InvalidInputError,
+    MfaskError,
+    NotEnoughDataError,
+    ReadOnlyStudyError,
+    StateFormatError,
+)
 from mfask.fidelity import Fidelity, FidelitySpec, ask_target
 from mfask.state_file import generator_from_array, generator_to_array
 from mfask.store import StudyStore, TicketRow, study_file_path
@@ -209,6 +225,7 @@ class Study:
         timeout: float = 60.0,
         synchronous: Synchronous = "full",
         lazy: bool = False,
+        read_only: bool = False,
     ) -> "Study":
         """Open an existing study file.
 
@@ -224,12 +241,16 @@ class Study:
                 and the posterior at the first call that needs them (see the
                 module doc); the trained weights are then checked at that
                 call (their digest also by :meth:`status`).
+            read_only: open for reading only, even if the file could be
+                written (see the module doc); a study that cannot be
+                written here opens read-only anyway (:attr:`read_only`).
 
-        Raises :class:`FileNotFoundError`, or :class:`StateFormatError` for a
+        Raises :class:`FileNotFoundError`, :class:`StateFormatError` for a
         file that is not a study, has an unknown schema version or holds
-        malformed or tampered data (nothing from the file is executed).
+        malformed or tampered data (nothing from the file is executed), or
+        :class:`StudyStorageError` when the file cannot be read.
         """
-        store = StudyStore.open(path, timeout=timeout, synchronous=synchronous)
+        store = StudyStore.open(path, timeout=timeout, synchronous=synchronous, read_only=read_only)
         try:
             return cls(store, prior=prior, embedding_net=embedding_net, verbose=verbose, lazy=lazy)
         except BaseException:
@@ -250,6 +271,13 @@ class Study:
     def path(self) -> Path:
         """The study file."""
         return self._store.path
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the study can only be read here (opened with
+        ``read_only=True``, or its file, folder or file system is not
+        writable); changes raise :class:`ReadOnlyStudyError`."""
+        return self._store.read_only
 
     @property
     def posterior(self) -> MultiFidelityPosterior:
@@ -590,8 +618,24 @@ class Study:
         histories per fidelity (empty if everything was up to date).
         """
         self._hold(_Holds.POSTERIOR)
+        if self.read_only:
+            self._check_trained(fidelity, force, "fit")
+            return {}
         with self._lock.hold(timeout):
             return self._fit_locked(fidelity, force)
+
+    def _check_trained(self, fidelity: str | None, force: bool, call: str) -> None:
+        """For a read-only study: raise :class:`ReadOnlyStudyError` unless the
+        stored models are current up to ``fidelity`` (so that ``call`` need
+        not train and store weights)."""
+        self.refresh()
+        if force or self._model.needs_fit(fidelity):
+            what = "retraining" if force else "its models are not trained on all of its results"
+            raise ReadOnlyStudyError(
+                f"{self.path} is open read-only ({self._store.read_only_reason}) and {call} "
+                f"needs to train ({what}), which stores new weights; nothing was done. Fit the "
+                "study where it can be written (or a writable copy of it), then query it here"
+            )
 
     def _fit_locked(self, fidelity: str | None, force: bool) -> dict[str, list[TrainingHistory]]:
         with self._store.transaction(write=False):
@@ -634,6 +678,9 @@ class Study:
 
     def _query(self, method: str, args: tuple[Any, ...], fidelity: str | None, timeout: float | None) -> Any:
         self._hold(_Holds.POSTERIOR)
+        if self.read_only:  # from the stored models; the sampling stream is not stored
+            self._check_trained(fidelity, False, method)
+            return getattr(self._model, method)(*args, fidelity=fidelity)
         with self._lock.hold(timeout):
             self._fit_locked(fidelity, False)
             # tickets are not synced here: results told since the fit would
@@ -850,11 +897,12 @@ def open_study(
     timeout: float = 60.0,
     synchronous: Synchronous = "full",
     lazy: bool = False,
+    read_only: bool = False,
 ) -> Study:
     """Open an existing study file; see :meth:`Study.open`."""
     return Study.open(
         path, prior=prior, embedding_net=embedding_net, verbose=verbose,
-        timeout=timeout, synchronous=synchronous, lazy=lazy,
+        timeout=timeout, synchronous=synchronous, lazy=lazy, read_only=read_only,
     )
 
 
