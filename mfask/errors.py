@@ -21,6 +21,7 @@ __all__ = [
     "LeakageWarning",
     "StateFormatError",
     "StudyLockedError",
+    "OutputFileError",
 ]
 
 
@@ -69,6 +70,13 @@ class StateFormatError(MfaskError, ValueError):
 class StudyLockedError(MfaskError, TimeoutError):
     """A study stayed locked by another process for longer than the timeout
     (its training lock, or its database while another process wrote)."""
+
+
+class OutputFileError(MfaskError, OSError):
+    """A file the ``mfask`` command was told to write its result to (``-o``)
+    cannot be written: its folder is missing or takes no new files, it is a
+    folder or read-only, or the disk is full. The command checks all but the
+    last before it changes the study (:mod:`mfask.output_file`)."""
 
 
 class LeakageError(MfaskError, RuntimeError):
