@@ -21,7 +21,14 @@ file and tell it back. Optional columns: ``cost`` (seconds), ``reason``
 (non-empty: the simulation failed, for that reason) and ``metadata`` (a JSON
 object). An empty, ``nan`` or ``inf`` output fails the ticket. The output
 columns of the first ``tell`` are remembered; later tells must use the same
-ones.
+ones. So that a misspelt parameter column (``gna`` for ``gNa``) does not
+become an output for good, a column that looks like a misspelling of a
+parameter or of the columns above is refused unless ``--outputs`` names the
+outputs.
+
+A file given with ``-o`` is checked (folder exists and takes new files, the
+file is writable and not the study's own) before the study changes, and is
+written through a temporary file that replaces it.
 
 Results are JSON on standard output (CSV where noted). JSON about many
 tickets is a summary (counts and the lowest and highest ticket id);
@@ -31,9 +38,12 @@ an exit code a script can act on:
 ====  ===================================================================
 0     success
 1     unexpected internal error (a bug: please report it)
-2     usage error (unknown command or option)
-3     bad input: malformed CSV/spec, unknown ticket or fidelity, ticket
-      already told, wrong number of outputs...
+2     usage error (unknown command or option, an option value of the
+      wrong kind)
+3     bad input: malformed, unreadable or non-UTF-8 CSV/spec, unknown
+      ticket or fidelity, ticket id beyond 64 bits, ticket already told,
+      wrong number of outputs, a column like a misspelt parameter, ``-n``
+      out of range, a non-finite observation...
 4     not enough data yet (e.g. ``fit``/``sample`` before 2 results)
 5     study file problem: missing, already exists (``init``), not a
       study, unknown schema version, tampered or corrupt; or its files
@@ -42,7 +52,11 @@ an exit code a script can act on:
       file that is not mfask's)
 6     busy: another process held the study (training lock or database)
       for longer than ``--timeout``/``--wait``
-130   interrupted (Ctrl-C)
+7     output file problem: the ``-o`` file cannot be written (no such
+      folder, not writable, a folder, the study's own file: found before
+      the study changes; or the disk filled up while writing it)
+130   interrupted (Ctrl-C) before the command's work was done; once its
+      result is going out, Ctrl-C is ignored (:mod:`mfask.late_interrupt`)
 141   standard output was closed before everything was written (e.g.
       ``mfask status STUDY --pending --format csv | head``): the command's
       effect on the study is committed, the rest of its output is dropped
@@ -69,13 +83,14 @@ import traceback
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from mfask import __version__
+from mfask import __version__, late_interrupt
+from mfask.user_input import as_ticket_ids, closest_name, positive_int
 
-__all__ = ["main", "EXIT_CODES"]
+__all__ = ["main", "EXIT_CODES", "MAX_SAMPLES"]
 
 EXIT_CODES = {
     "ok": 0,
@@ -85,6 +100,7 @@ EXIT_CODES = {
     "not_enough_data": 4,
     "study_file": 5,
     "busy": 6,
+    "output_file": 7,
     "interrupted": 130,
     "broken_pipe": 141,
 }
@@ -92,6 +108,16 @@ EXIT_CODES = {
 _OUTPUT_COLUMNS_KEY = "cli.output_columns"
 _ASK_COLUMNS = ("ticket", "fidelity", "seed", "source", "age_seconds")
 _ANNOTATION_COLUMNS = ("cost", "reason", "metadata")
+# files next to a study that are part of it (SQLite's write-ahead log and
+# shared memory, its rollback journal, the training lock): never an output
+_STUDY_COMPANION_SUFFIXES = ("-wal", "-shm", "-journal", ".lock")
+# how similar (difflib ratio) a results column must be to a parameter or a
+# known column to be refused as its misspelling
+_MISSPELLING_CUTOFF = 0.8
+
+#: the most posterior samples one ``mfask sample`` draws (its CSV would have
+#: that many rows)
+MAX_SAMPLES = 10_000_000
 
 
 class CliInputError(Exception):
@@ -99,9 +125,23 @@ class CliInputError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (see the module doc)."""
+    """Run the command line; returns the exit code (see the module doc).
+
+    With ``argv`` left ``None`` this is the ``mfask`` program, reading the
+    process's own command line: once the command's result (or error message)
+    starts going out, the process ignores Ctrl-C until it exits, so that a
+    finished command keeps its exit status (:mod:`mfask.late_interrupt`).
+    With an explicit ``argv`` the process's signal handling is left alone.
+    """
     parser = _parser()
     args = parser.parse_args(argv)  # exits with 2 on usage errors
+    with late_interrupt.guarding(argv is None):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; map what it raises to an exit code
+    and a one-line message."""
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
@@ -110,10 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _discard_standard_output()
         return EXIT_CODES["broken_pipe"]
     except KeyboardInterrupt:
+        late_interrupt.result_going_out()
         _error("interrupted")
         return EXIT_CODES["interrupted"]
     except BaseException as error:  # noqa: BLE001 - mapped to exit codes
-        code, message = _classify(error)
+        late_interrupt.result_going_out()
+        code, message = _classify(error, args)
         _error(message)
         if code == EXIT_CODES["internal"]:
             traceback.print_exc(file=sys.stderr)
@@ -140,10 +182,17 @@ def _show_warning(message: Any, category: type, filename: str, lineno: int, file
     print(f"mfask: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _classify(error: BaseException) -> tuple[int, str]:
+def _classify(error: BaseException, args: argparse.Namespace) -> tuple[int, str]:
+    """The exit code and message of what a command raised. Errors about the
+    user's own input and output files are raised as :class:`CliInputError`
+    and :class:`~mfask.errors.OutputFileError` where they are read and
+    written, so that any other ``OSError`` or SQLite error is the study's."""
+    import sqlite3
+
     from mfask.errors import (
         MfaskError,
         NotEnoughDataError,
+        OutputFileError,
         StateFormatError,
         StudyLockedError,
         StudyStorageError,
@@ -154,13 +203,20 @@ def _classify(error: BaseException) -> tuple[int, str]:
         raise error
     if isinstance(error, StudyLockedError):
         return EXIT_CODES["busy"], str(error)
+    if isinstance(error, OutputFileError):
+        return EXIT_CODES["output_file"], str(error)
     if isinstance(error, (StateFormatError, StudyStorageError)):
         return EXIT_CODES["study_file"], str(error)
-    if isinstance(error, (FileNotFoundError, FileExistsError)):
-        return EXIT_CODES["study_file"], str(error)
+    if isinstance(error, sqlite3.Error):
+        return EXIT_CODES["study_file"], f"cannot use the study file {args.study}: {error}"
+    if isinstance(error, OSError):
+        if error.strerror is None:  # a message of mfask's own ("no study file at ...")
+            return EXIT_CODES["study_file"], str(error)
+        where = f" ({error.filename})" if error.filename is not None else ""
+        return EXIT_CODES["study_file"], f"cannot use the study file {args.study}: {error.strerror}{where}"
     if isinstance(error, NotEnoughDataError):
         return EXIT_CODES["not_enough_data"], str(error)
-    if isinstance(error, TicketAlreadyToldError):
+    if isinstance(error, TicketAlreadyToldError) and args.command is _tell:
         return EXIT_CODES["input"], f"{error} (on the command line: mfask tell --skip-told)"
     if isinstance(error, (MfaskError, CliInputError)):
         return EXIT_CODES["input"], str(error)
@@ -177,8 +233,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="mfask",
         description="Multi-fidelity simulation-based inference, one study file at a time.",
         epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input, 4 not enough "
-        "data, 5 study file problem, 6 busy (locked), 130 interrupted, 141 standard "
-        "output closed early.",
+        "data, 5 study file problem, 6 busy (locked), 7 output file problem (-o), "
+        "130 interrupted, 141 standard output closed early.",
     )
     parser.add_argument("--version", action="version", version=f"mfask {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
@@ -187,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("study", help="the study file")
         sub.add_argument(
-            "--timeout", type=float, default=60.0,
+            "--timeout", type=_seconds, default=60.0,
             help="seconds to wait for another process's write (default 60)",
         )
         sub.set_defaults(command=handler)
@@ -213,6 +269,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("file", help="CSV file, or - for standard input")
     sub.add_argument("--skip-told", action="store_true", help="ignore tickets already told")
     sub.add_argument("--cost", type=float, help="seconds per simulation (if no cost column)")
+    sub.add_argument(
+        "--outputs", metavar="COLUMNS",
+        help="the output columns, comma-separated, in order (default: every column that is not "
+        "ticket, fidelity, seed, a parameter, cost, reason or metadata); other columns are "
+        "ignored. Needed when an output's name looks like a misspelt parameter",
+    )
     sub.add_argument("--ids", action="store_true", help=ids_help)
 
     sub = command("status", _status, "summary of the study (JSON)")
@@ -231,7 +293,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("fit", _fit, "train the posterior under the study's training lock")
     sub.add_argument("-f", "--fidelity", help="train up to this fidelity (default: highest with data)")
     sub.add_argument("--force", action="store_true", help="retrain even if up to date")
-    sub.add_argument("--wait", type=float, help="seconds to wait for another trainer (default: wait)")
+    sub.add_argument("--wait", type=_seconds, help="seconds to wait for another trainer (default: wait)")
     sub.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     sub.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)  # the default now
 
@@ -243,7 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("-f", "--fidelity")
     sub.add_argument("-o", "--output")
     sub.add_argument("--format", choices=("csv", "json"), default="csv")
-    sub.add_argument("--wait", type=float, help="seconds to wait for another trainer (default: wait)")
+    sub.add_argument("--wait", type=_seconds, help="seconds to wait for another trainer (default: wait)")
     sub.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
 
     sub = command("export", _export, "all tickets and results as CSV or npz")
@@ -264,6 +326,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=("csv", "json"), default="csv")
     sub.add_argument("--ids", action="store_true", help=ids_help + " (with -o)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A ``--timeout``/``--wait`` value: non-negative seconds (``inf``: no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number); got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative seconds; got {text!r}")
+    return value
 
 
 # =============================================================== commands
@@ -294,22 +367,30 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
+    from mfask.prior_book import MAX_ASK  # (torch: an ask needs the prior anyway)
+
+    n = _count(args.n, MAX_ASK)
+    output = _checked_output(args)
     with _open(args, verbose=not args.quiet) as study:
-        batch = study.ask(args.fidelity, args.n)
-        _write_tickets(study, batch, args)
+        batch = study.ask(args.fidelity, n)
+        _write_tickets(study, batch, args, output)
     return 0
 
 
 def _retry(args: argparse.Namespace) -> int:
+    ids = _ticket_ids(args.tickets)
+    output = _checked_output(args)
     with _open(args) as study:
-        batch = study.retry(np.asarray(args.tickets, dtype=np.int64))
-        _write_tickets(study, batch, args)
+        batch = study.retry(ids)
+        _write_tickets(study, batch, args, output)
     return 0
 
 
-def _write_tickets(study: Any, batch: Any, args: argparse.Namespace) -> None:
-    """The tickets of an ask/retry as CSV or JSON records, to ``args.output``
+def _write_tickets(study: Any, batch: Any, args: argparse.Namespace, output: Path | None) -> None:
+    """The tickets of an ask/retry as CSV or JSON records, to ``output``
     (then a JSON summary on standard output) or to standard output."""
+    from mfask.errors import OutputFileError
+
     seeds = study.simulator_seeds(batch)
     header = ["ticket", "fidelity", "seed", *batch.parameter_names]
     empty = None if args.format == "json" else ""
@@ -318,17 +399,24 @@ def _write_tickets(study: Any, batch: Any, args: argparse.Namespace) -> None:
          *_parameter_cells(theta, batch.parameter_names, batch.used_parameters, empty)]
         for t, s, theta in zip(batch.ticket_ids, seeds, batch.theta)
     ]
-    if not args.output:
+    if output is None:
         if args.format == "json":
             _print_json([dict(zip(header, row)) for row in rows])
         else:
-            _write_csv(sys.stdout, header, rows)
+            _print_table(header, rows)
         return
     if args.format == "json":
-        Path(args.output).write_text(json.dumps([dict(zip(header, row)) for row in rows], indent=1) + "\n")
+        text = json.dumps([dict(zip(header, row)) for row in rows], indent=1) + "\n"
     else:
-        with open(args.output, "w", newline="") as stream:
-            _write_csv(stream, header, rows)
+        text = _csv_text(header, rows)
+    try:
+        _write_output(output, text.encode("utf-8"))
+    except OutputFileError as error:  # (the disk filled up since the check)
+        raise OutputFileError(
+            f"{error}; the {len(batch)} new ticket(s) {int(batch.ticket_ids.min())}.."
+            f"{int(batch.ticket_ids.max())} are open in the study: `mfask status {args.study} "
+            "--pending --format csv` lists them"
+        ) from None
     _print_json({
         "asked": len(batch), "fidelity": batch.fidelity, "file": args.output,
         **_ticket_summary(batch.ticket_ids, args.ids),
@@ -359,16 +447,18 @@ def _ticket_summary(ids: np.ndarray, with_ids: bool) -> dict[str, Any]:
 def _tell(args: argparse.Namespace) -> int:
     from mfask.ticket_book import SimulationFailedWarning
 
-    text = sys.stdin.read() if args.file == "-" else _read_text(args.file)
+    text = _read_standard_input() if args.file == "-" else _read_text(args.file)
+    declared = None if args.outputs is None else [name.strip() for name in args.outputs.split(",")]
     with _open(args) as study:
-        table = _parse_results(text, study.parameter_names, args.file)
-        known = study.info().get(_OUTPUT_COLUMNS_KEY)
-        if known is not None and json.loads(known) != table["outputs"]:
+        stored = study.info().get(_OUTPUT_COLUMNS_KEY)
+        known = None if stored is None else json.loads(stored)
+        table = _parse_results(text, study.parameter_names, args.file, declared, known)
+        if known is not None and known != table["outputs"]:
             raise CliInputError(
                 f"{args.file} has output columns {table['outputs']}; earlier tells used "
-                f"{json.loads(known)} (same names, same order)"
+                f"{known} (same names, same order; or pass --outputs {','.join(known)})"
             )
-        if not table["tickets"]:
+        if not table["tickets"].size:
             _print_json({
                 "told": 0, "done": 0, "failed": 0, "skipped": 0,
                 **_ticket_summary(np.zeros(0, dtype=np.int64), args.ids),
@@ -378,8 +468,8 @@ def _tell(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():  # the JSON below counts the failures
             warnings.simplefilter("ignore", SimulationFailedWarning)
             result = study.tell(
-                np.asarray(table["tickets"], dtype=np.int64),
-                np.asarray(table["x"], dtype=np.float64),
+                table["tickets"],
+                table["x"],
                 skip_told=args.skip_told,
                 cost=cost,
                 metadata=table["metadata"],
@@ -398,26 +488,39 @@ def _tell(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_results(text: str, parameter_names: Sequence[str], label: str) -> dict[str, Any]:
-    """The rows of a results CSV: tickets, outputs and annotations."""
-    reader = csv.reader(io.StringIO(text))
+def _parse_results(
+    text: str,
+    parameter_names: Sequence[str],
+    label: str,
+    declared: Sequence[str] | None = None,
+    known: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The rows of a results CSV: tickets ``(n,)``, outputs ``x`` ``(n, k)``
+    and annotations.
+
+    The outputs are the ``declared`` columns (``--outputs``), else every
+    column that is not ``ticket``, an ask column, a parameter or an
+    annotation. Undeclared, they must not look like a misspelt parameter or
+    annotation (``gna`` for ``gNa``, ``Cost``), which would silently become an
+    output and fix the study's output size for good, unless earlier tells
+    already used them (``known``).
+    """
+    lines = _csv_rows(text, label)
     try:
-        header = [h.strip() for h in next(reader)]
+        _, first = next(lines)
     except StopIteration:
         raise CliInputError(f"{label} is empty; expected a header with 'ticket' and output columns") from None
+    header = [h.strip() for h in first]
     if "ticket" not in header:
-        raise CliInputError(f"{label} has no 'ticket' column (header: {header})")
+        near = [h for h in header if closest_name(h, ["ticket"], cutoff=_MISSPELLING_CUTOFF)]
+        hint = f"; is {near[0]!r} meant to be 'ticket'?" if near else ""
+        raise CliInputError(f"{label} has no 'ticket' column (header: {header}){hint}")
     if len(set(header)) != len(header):
         raise CliInputError(f"{label} repeats a column name: {header}")
-    ignored = set(_ASK_COLUMNS) | set(parameter_names) | set(_ANNOTATION_COLUMNS)
-    outputs = [h for h in header if h not in ignored]
-    if not outputs:
-        raise CliInputError(
-            f"{label} has no output columns (only {header}); add the simulator's outputs"
-        )
+    outputs = _output_columns(header, parameter_names, label, declared, known)
     where = {name: i for i, name in enumerate(header)}
     tickets, x, costs, reasons, metadata = [], [], [], [], []
-    for line, row in enumerate(reader, start=2):
+    for line, row in lines:
         if not any(cell.strip() for cell in row):
             continue  # blank line
         if len(row) != len(header):
@@ -442,13 +545,52 @@ def _parse_results(text: str, parameter_names: Sequence[str], label: str) -> dic
         if reason is not None:
             x[i] = [math.nan] * len(outputs)  # the simulation failed: its outputs do not count
     return {
-        "tickets": tickets,
+        "tickets": _ticket_ids(tickets),
         "x": np.asarray(x, dtype=np.float64).reshape(len(tickets), len(outputs)),
         "outputs": outputs,
         "cost": costs if "cost" in where else None,
         "reason": reasons if "reason" in where else None,
         "metadata": metadata if "metadata" in where else None,
     }
+
+
+def _output_columns(
+    header: Sequence[str],
+    parameter_names: Sequence[str],
+    label: str,
+    declared: Sequence[str] | None,
+    known: Sequence[str] | None,
+) -> list[str]:
+    """The output columns of a results CSV with ``header`` (see
+    :func:`_parse_results`); raises :class:`CliInputError` saying what to fix."""
+    reserved = [*parameter_names, *_ASK_COLUMNS, *_ANNOTATION_COLUMNS]
+    if declared is not None:
+        if not all(declared) or len(set(declared)) != len(declared):
+            raise CliInputError(f"--outputs must name distinct columns, comma-separated; got {declared}")
+        missing = [name for name in declared if name not in header]
+        if missing:
+            raise CliInputError(f"--outputs names {missing}, which {label} does not have (header: {list(header)})")
+        taken = [name for name in declared if name in reserved]
+        if taken:
+            raise CliInputError(f"--outputs names {taken}, which are parameter, ask or annotation columns")
+        return list(declared)
+    outputs = [h for h in header if h not in reserved]
+    if not outputs:
+        raise CliInputError(
+            f"{label} has no output columns (only {list(header)}); add the simulator's outputs"
+        )
+    for name in outputs:
+        if known is not None and name in known:
+            continue
+        intended = closest_name(name, reserved, cutoff=_MISSPELLING_CUTOFF)
+        if intended is not None:
+            what = "the parameter" if intended in parameter_names else "the column"
+            raise CliInputError(
+                f"{label}: column {name!r} looks like {what} {intended!r} misspelt, and would "
+                f"become a simulator output (fixing the study's output size for good); rename "
+                f"it to {intended!r}, or confirm the outputs with --outputs {','.join(outputs)}"
+            )
+    return outputs
 
 
 def _parse_output(cell: str, label: str, line: int, column: str) -> float:
@@ -532,6 +674,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    n = _count(args.n, MAX_SAMPLES)
     if args.x is not None:
         try:
             x = [float(v) for v in args.x.split(",")]
@@ -539,28 +682,31 @@ def _sample(args: argparse.Namespace) -> int:
             raise CliInputError(f"--x must be comma-separated numbers; got {args.x!r}") from None
     else:
         x = _read_observation(args.x_file)
+    if not all(math.isfinite(v) for v in x):
+        where = "--x" if args.x is not None else args.x_file
+        raise CliInputError(f"the observation from {where} must be finite numbers (no nan or inf); got {x}")
+    output = _checked_output(args)
     with _open(args, verbose=not args.quiet) as study:
         observation = np.asarray(x, dtype=np.float64)
         shape = study.x_shape
         if shape is not None:  # (else the study says that nothing was told yet)
             _check_observation_size(observation, shape, args)
             observation = observation.reshape(shape)
-        samples = study.sample(args.n, observation, fidelity=args.fidelity, timeout=args.wait)
+        samples = study.sample(n, observation, fidelity=args.fidelity, timeout=args.wait)
         names = list(study.parameter_names)
     rows = [[_number(v) for v in row] for row in samples]
-    if args.format == "json":
-        payload = json.dumps([dict(zip(names, row)) for row in rows])
-        if args.output:
-            Path(args.output).write_text(payload + "\n")
-            _print_json({"samples": len(rows), "file": args.output})
+    if output is None:
+        if args.format == "json":
+            _print_json([dict(zip(names, row)) for row in rows])
         else:
-            print(payload)
-    elif args.output:
-        with open(args.output, "w", newline="") as stream:
-            _write_csv(stream, names, rows)
-        _print_json({"samples": len(rows), "file": args.output})
+            _print_table(names, rows)
+        return 0
+    if args.format == "json":
+        text = json.dumps([dict(zip(names, row)) for row in rows]) + "\n"
     else:
-        _write_csv(sys.stdout, names, rows)
+        text = _csv_text(names, rows)
+    _write_output(output, text.encode("utf-8"))
+    _print_json({"samples": len(rows), "file": args.output})
     return 0
 
 
@@ -584,7 +730,7 @@ def _check_observation_size(observation: np.ndarray, shape: tuple[int, ...], arg
 
 
 def _read_observation(path: str) -> list[float]:
-    rows = [r for r in csv.reader(io.StringIO(_read_text(path))) if any(c.strip() for c in r)]
+    rows = [r for _, r in _csv_rows(_read_text(path), path) if any(c.strip() for c in r)]
     numeric = []
     for row in rows:
         try:
@@ -604,9 +750,14 @@ def _export(args: argparse.Namespace) -> int:
             raise CliInputError("only --format csv can be written to standard output")
     if fmt is None:
         raise CliInputError(f"cannot tell the format from {args.output!r}; pass --format csv|npz|state")
+    output = None if args.output == "-" else _checked_output(args)
     with _open(args) as study:
         if fmt == "state":
-            study.save(args.output)
+            from mfask.output_file import reporting_errors
+
+            posterior = study.posterior
+            with reporting_errors(output):
+                posterior.save(output)
             _print_json({"file": args.output, "format": "state"})
             return 0
         rows = study.tickets()
@@ -618,7 +769,9 @@ def _export(args: argparse.Namespace) -> int:
         outputs = [f"x{i}" for i in range(width)]
     if fmt == "npz":
         arrays = _export_arrays(rows, names, width)
-        np.savez(args.output, **arrays)
+        archive = io.BytesIO()
+        np.savez(archive, **arrays)
+        _write_output(output, archive.getvalue())
         _print_json({"file": args.output, "format": "npz", "tickets": len(rows), "arrays": sorted(arrays)})
         return 0
     # the times as Unix seconds (as stored), then as ISO 8601 UTC text
@@ -635,11 +788,10 @@ def _export(args: argparse.Namespace) -> int:
             "" if r.retry_of is None else r.retry_of,
             _utc_text(r.asked_at), _utc_text(r.told_at),
         ])
-    if args.output == "-":
-        _write_csv(sys.stdout, header, table)
+    if output is None:
+        _print_table(header, table)
     else:
-        with open(args.output, "w", newline="") as stream:
-            _write_csv(stream, header, table)
+        _write_output(output, _csv_text(header, table).encode("utf-8"))
         _print_json({"file": args.output, "format": "csv", "tickets": len(rows)})
     return 0
 
@@ -671,27 +823,107 @@ def _export_arrays(rows: list[Any], names: list[str], width: int) -> dict[str, n
 
 
 def _abandon(args: argparse.Namespace) -> int:
+    ids = _ticket_ids(args.tickets)
     with _open(args) as study:
-        ids = study.abandon(np.asarray(args.tickets, dtype=np.int64), reason=args.reason)
+        ids = study.abandon(ids, reason=args.reason)
     _print_json({"abandoned": ids.tolist()})
     return 0
 
 
 # ================================================================ helpers
+def _count(n: int, maximum: int) -> int:
+    """``-n``, checked before the command touches the study."""
+    return positive_int(n, "-n", maximum=maximum)
+
+
+def _ticket_ids(values: Sequence[int]) -> np.ndarray:
+    """Ticket ids from the command line or a CSV as int64 ``(n,)``; ids that
+    do not fit in 64 bits are bad input (a plain cast would raise an
+    ``OverflowError``)."""
+    ids = as_ticket_ids(list(values))
+    return np.zeros(0, dtype=np.int64) if ids is None else ids
+
+
+def _checked_output(args: argparse.Namespace) -> Path | None:
+    """The ``-o`` file (``None``: standard output), checked writable and
+    not one of the study's own files, before the command touches the study."""
+    if not args.output:
+        return None
+    from mfask.output_file import check_output_file
+    from mfask.store import study_file_path
+
+    study = study_file_path(args.study)
+    companions = [study.with_name(study.name + suffix) for suffix in _STUDY_COMPANION_SUFFIXES]
+    return check_output_file(args.output, protected=[study, *companions])
+
+
+def _write_output(output: Path, payload: bytes) -> None:
+    from mfask.output_file import write_output_file
+
+    write_output_file(output, payload)
+
+
 def _read_text(path: str) -> str:
+    """A results or observation file's text (UTF-8, a byte-order mark
+    dropped); :class:`CliInputError` if it cannot be read."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise CliInputError(f"no such file: {path}") from None
     except OSError as error:
-        raise CliInputError(f"cannot read {path}: {error}") from None
+        raise CliInputError(f"cannot read {path}: {error.strerror or error}") from None
+    return _decode(data, path)
+
+
+def _read_standard_input() -> str:
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # standard input replaced by a text stream (an embedding program)
+        return sys.stdin.read()
+    return _decode(buffer.read(), "standard input")
+
+
+def _decode(data: bytes, label: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CliInputError(
+            f"{label} is not UTF-8 text (byte {error.start}: {data[error.start:error.start + 1]!r}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def _csv_rows(text: str, label: str) -> Iterator[tuple[int, list[str]]]:
+    """The rows of CSV ``text`` with their line numbers; malformed CSV (a
+    field over ``csv.field_size_limit()`` characters, a NUL byte) raises
+    :class:`CliInputError` naming the line."""
+    reader = csv.reader(io.StringIO(text))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise CliInputError(f"{label} line {reader.line_num}: not valid CSV ({error})") from None
+        yield reader.line_num, row
 
 
 def _write_csv(stream: TextIO, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    stream.flush()
+
+
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    stream = io.StringIO()
+    _write_csv(stream, header, rows)
+    return stream.getvalue()
+
+
+def _print_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A CSV table on standard output, the command's result."""
+    _write_csv(sys.stdout, header, rows)
+    late_interrupt.result_going_out()  # (what is still buffered is the end of the result)
+    sys.stdout.flush()
 
 
 def _utc_text(seconds: float | None) -> str:
@@ -712,7 +944,10 @@ def _finite(value: float) -> float | None:
 
 
 def _print_json(payload: Any) -> None:
-    print(json.dumps(payload, indent=None, allow_nan=False), flush=True)
+    """JSON on standard output, the command's result."""
+    text = json.dumps(payload, indent=None, allow_nan=False)
+    late_interrupt.result_going_out()
+    print(text, flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ __all__ = [
     "StudyLockedError",
     "StudyStorageError",
     "ReadOnlyStudyError",
+    "OutputFileError",
 ]
 
 
@@ -87,6 +88,13 @@ class ReadOnlyStudyError(StudyStorageError):
     folder or file system is not writable, or it was opened with
     ``read_only=True``). Reading still works: status, tickets, export, and
     samples from the trained models it holds."""
+
+
+class OutputFileError(MfaskError, OSError):
+    """A file the ``mfask`` command was told to write its result to (``-o``)
+    cannot be written: its folder is missing or takes no new files, it is a
+    folder or read-only, or the disk is full. The command checks all but the
+    last before it changes the study (:mod:`mfask.output_file`)."""
 
 
 class LeakageError(MfaskError, RuntimeError):

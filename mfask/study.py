@@ -83,7 +83,7 @@ from mfask.study_lock import TrainingLock
 from mfask.ticket_book import TellResult, TicketBook
 from mfask.tickets import FAILED, STATUSES, AskBatch
 from mfask.transfer_choice import TransferChoice
-from mfask.user_input import as_ticket_ids
+from mfask.user_input import as_sample_shape, as_ticket_ids, positive_int
 
 if TYPE_CHECKING:  # these import torch; a study imports them when it loads what needs them
     from torch import nn
@@ -344,6 +344,9 @@ class Study:
                     return batch
             self._hold(_Holds.POSTERIOR)
         if self._asks_sequentially(fidelity):
+            from mfask.prior_book import MAX_ASK
+
+            positive_int(n, "n", maximum=MAX_ASK)  # before training, which changes the study
             try:
                 self.fit()
             except NotEnoughDataError:
@@ -663,13 +666,16 @@ class Study:
 
     def sample(self, n: int, x: Any, *, fidelity: str | None = None, timeout: float | None = None) -> np.ndarray:
         """Posterior samples ``(n, d)`` at one observation; fits first if
-        needed (see :meth:`fit`). The sampling random stream is persisted."""
+        needed (see :meth:`fit`), once ``n`` is known to be valid. The
+        sampling random stream is persisted."""
+        as_sample_shape(n, "n")
         return self._query("sample", (n, x), fidelity, timeout)
 
     def sample_batched(
         self, n: int, xs: Any, *, fidelity: str | None = None, timeout: float | None = None
     ) -> np.ndarray:
         """``n`` samples per observation: ``(m, n, d)``; see :meth:`sample`."""
+        as_sample_shape(n, "n")
         return self._query("sample_batched", (n, xs), fidelity, timeout)
 
     def log_prob(self, theta: Any, x: Any, *, fidelity: str | None = None, timeout: float | None = None) -> np.ndarray:

@@ -59,6 +59,12 @@ def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidInputError(f"no spec file at {source}") from None
+    except OSError as error:  # a folder, no permission...
+        raise InvalidInputError(f"cannot read the spec file {source}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(
+            f"{source} is not UTF-8 text (byte {error.start}); save the spec as UTF-8"
+        ) from None
     try:
         spec = json.loads(text) if source.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:

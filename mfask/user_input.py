@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = [
-    "as_numeric_array", "as_sample_shape", "as_theta", "as_ticket_ids", "did_you_mean", "is_tensor",
-    "parameter_indices", "positive_int",
+    "as_numeric_array", "as_sample_shape", "as_theta", "as_ticket_ids", "closest_name", "did_you_mean",
+    "is_tensor", "parameter_indices", "positive_int",
 ]
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
@@ -149,10 +149,33 @@ def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:
     """``" (did you mean 'Normal'?)"`` for a near miss of one of ``choices``
-    (a different case, or a close spelling), else ``""``."""
-    by_case = [choice for choice in choices if choice.lower() == word.lower()]
-    close = by_case or difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    (see :func:`closest_name`), else ``""``."""
+    close = closest_name(word, choices)
+    return f" (did you mean {close!r}?)" if close is not None else ""
+
+
+def closest_name(word: str, choices: Sequence[str], cutoff: float = 0.6) -> str | None:
+    """The one of ``choices`` that ``word`` most likely misspells, or ``None``.
+
+    Names are compared without case and without anything but letters and
+    digits (``g_Na``, ``gna`` and ``GNA`` all match ``gNa``); failing that,
+    the closest spelling whose similarity (:class:`difflib.SequenceMatcher`
+    ratio, 0..1) is at least ``cutoff``.
+    """
+    key = _name_key(word)
+    if not key:
+        return None
+    keys = {}
+    for choice in choices:
+        keys.setdefault(_name_key(choice), choice)
+    if key in keys:
+        return keys[key]
+    close = difflib.get_close_matches(key, [k for k in keys if k], n=1, cutoff=cutoff)
+    return keys[close[0]] if close else None
+
+
+def _name_key(name: str) -> str:
+    return "".join(c for c in name.casefold() if c.isalnum())
 
 
 def as_sample_shape(value: Any, name: str) -> tuple[int, ...]:
