@@ -486,7 +486,7 @@ def test_read_only_files(told, tmp_path):
         # a read-only study: exit 5 for the commands that write it
         told.chmod(0o444)
         for argv in (["tell", told, tmp_path / "r.csv"], ["abandon", told, PENDING_HIGH]):
-            assert_one_line_error(*run_program(prefix, *argv), "study_file", "readonly")
+            assert_one_line_error(*run_program(prefix, *argv), "study_file", "read-only")
         assert study_contents(told) == before
         code, out, err = run_program(prefix, "status", told)  # reading still works
         assert code == 0 and json.loads(out)["tickets"]["high"]["pending"] == 2, err
