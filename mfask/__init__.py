@@ -18,7 +18,7 @@ from typing import Any
 # bookkeeping (tell, status, export) do not import torch.
 _EXPORTS = {
     "mfask.errors": (
-        "InvalidInputError", "LeakageError", "LeakageWarning", "MaxEpochsWarning", "MfaskError",
+        "IncompleteStudyError", "InvalidInputError", "LeakageError", "LeakageWarning", "MaxEpochsWarning", "MfaskError",
         "NotEnoughDataError",
         "OutsidePriorError", "StateFormatError", "StudyLockedError", "TicketAlreadyToldError",
         "UnknownFidelityError", "UnknownTicketError", "UnmatchedParametersError",
@@ -74,6 +74,7 @@ __all__ = [
     "LeakageWarning",
     "MaxEpochsWarning",
     "StateFormatError",
+    "IncompleteStudyError",
     "StudyLockedError",
 ]
 

@@ -24,11 +24,19 @@ several processes can share the file (WAL mode; SQLite serialises writers).
 Readers bring their copy up to date with the rows whose ``revision`` is newer
 than the last one they saw. Nothing read from the file is unpickled or
 executed: a crafted file can only fail to load with
-:class:`~mfask.errors.StateFormatError`.
+:class:`~mfask.errors.StateFormatError`. A file is opened only once
+:mod:`mfask.store_schema` has found, on a read-only connection, exactly
+mfask's schema in it (no triggers or views, which SQLite would run), and every
+transaction starts by checking that the schema has not changed since.
+
+A new file is built complete under a temporary name and then linked into
+place (:mod:`mfask.atomic_file`), so the study's name never holds a
+half-made study, even if the creating process is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -39,61 +47,21 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from mfask.errors import InvalidInputError, StateFormatError, StudyLockedError
+from mfask.atomic_file import create_temporary, fsync_directory, link_into_place, remove_leftovers
+from mfask.errors import IncompleteStudyError, InvalidInputError, StateFormatError, StudyLockedError
 from mfask.state_file import decode_state, encode_state
+from mfask.store_schema import SCHEMA, SCHEMA_VERSION, STUDY_FORMAT, check_schema, check_study_file, protect_connection
+from mfask.study_lock import TrainingLock
 from mfask.tickets import SOURCES, STATUSES
 
 __all__ = ["SCHEMA_VERSION", "STUDY_FORMAT", "StudyStore", "TicketRow"]
 
-STUDY_FORMAT = "mfask-study"
-#: version of the table layout; files of other versions are refused
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE study_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE head (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    revision INTEGER NOT NULL,
-    meta TEXT NOT NULL
-);
-CREATE TABLE session_arrays (
-    name TEXT PRIMARY KEY,
-    dtype TEXT NOT NULL,
-    shape TEXT NOT NULL,
-    data BLOB NOT NULL,
-    revision INTEGER NOT NULL
-);
-CREATE TABLE tickets (
-    id INTEGER PRIMARY KEY,
-    fidelity TEXT NOT NULL,
-    source TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    theta BLOB NOT NULL,
-    x BLOB,
-    asked_at REAL NOT NULL,
-    told_at REAL,
-    cost REAL,
-    reason TEXT,
-    metadata TEXT,
-    retry_of INTEGER,
-    revision INTEGER NOT NULL
-);
-CREATE INDEX tickets_by_revision ON tickets (revision);
-CREATE INDEX tickets_by_status ON tickets (status, fidelity);
-CREATE TABLE checkpoints (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at REAL NOT NULL,
-    revision INTEGER NOT NULL,
-    levels TEXT NOT NULL,
-    weights BLOB NOT NULL,
-    sha256 TEXT NOT NULL
-);
-"""
+# the label of the temporary names a study file is built under
+_BUILD_LABEL = "creating"
 
 # numpy dtype kinds a stored array may have (no objects, no structured types)
 _NUMERIC_KINDS = "biufc"
@@ -151,43 +119,92 @@ class StudyStore:
         self.timeout = timeout
         self._depth = 0
         self._write_revision: int | None = None
+        self._schema_cookie: int | None = None  # SQLite's schema version when last checked
 
     # ------------------------------------------------------------ open/close
     @classmethod
     def create(
-        cls, path: str | os.PathLike[str], meta: dict[str, Any], *, timeout: float = 60.0,
+        cls,
+        path: str | os.PathLike[str],
+        meta: dict[str, Any],
+        *,
+        fill: Callable[["StudyStore"], None] | None = None,
+        timeout: float = 60.0,
         synchronous: str = "full",
     ) -> "StudyStore":
         """Create a new study file with the posterior description ``meta``.
 
-        Raises :class:`FileExistsError` if ``path`` exists.
+        The file is built under a temporary name in the same folder, in one
+        transaction that also runs ``fill(store)`` (to write the posterior's
+        state, tickets and models; ``store.path`` is then the temporary
+        name), and only the complete file is linked to ``path``. So ``path``
+        never holds a half-made study, whenever the process dies; leftovers
+        of killed creators are removed by the next creation.
+
+        An :class:`~mfask.errors.IncompleteStudyError` file at ``path`` (left
+        by an older mfask that was killed while creating) is replaced.
+
+        Raises :class:`FileExistsError` if ``path`` holds anything else (the
+        message says whether it is a study), also when another process
+        created the study first.
         """
         target = study_file_path(path)
         if target.exists():
-            raise FileExistsError(
-                f"{target} already exists; open it (open_study, or create_study(..., "
-                "load_if_exists=True)) or choose another path"
-            )
+            _refuse_unless_incomplete(target, timeout)
         target.parent.mkdir(parents=True, exist_ok=True)
-        connection = _connect(target, timeout, synchronous, create=True)
-        store = cls(connection, target, timeout)
-        with store.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            from mfask import __version__
+        remove_leftovers(target, _BUILD_LABEL)
+        handle, temporary = create_temporary(target, _BUILD_LABEL)
+        os.close(handle)
+        try:
+            cls._build(temporary, meta, fill, timeout, synchronous)
+            with TrainingLock(str(target) + ".lock").hold(timeout, purpose="creating the study"):
+                if target.exists():
+                    _refuse_unless_incomplete(target, timeout)
+                # a -wal left by another database of this name would be replayed into this one
+                _remove_companions(target)
+                link_into_place(temporary, target)
+            fsync_directory(target.parent)
+        finally:
+            _remove_companions(temporary)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        return cls.open(target, timeout=timeout, synchronous=synchronous)
 
-            info = {
-                "format": STUDY_FORMAT,
-                "schema_version": str(SCHEMA_VERSION),
-                "created_at": repr(time.time()),
-                "mfask_version": __version__,
-            }
-            connection.executemany("INSERT INTO study_info VALUES (?, ?)", info.items())
-            connection.execute(
-                "INSERT INTO head (id, revision, meta) VALUES (1, 0, ?)", (_dumps(meta),)
-            )
-        return store
+    @classmethod
+    def _build(
+        cls,
+        temporary: Path,
+        meta: dict[str, Any],
+        fill: Callable[["StudyStore"], None] | None,
+        timeout: float,
+        synchronous: str,
+    ) -> None:
+        """Write a complete study into the empty file ``temporary`` and close it
+        (its write-ahead log checkpointed into it, so the file stands alone)."""
+        connection = _connect(temporary, timeout, synchronous, create=True)
+        try:
+            connection.executescript(SCHEMA)
+            builder = cls(connection, temporary, timeout)
+            with builder.transaction():
+                from mfask import __version__
+
+                info = {
+                    "format": STUDY_FORMAT,
+                    "schema_version": str(SCHEMA_VERSION),
+                    "created_at": repr(time.time()),
+                    "mfask_version": __version__,
+                }
+                connection.executemany("INSERT INTO study_info VALUES (?, ?)", info.items())
+                connection.execute(
+                    "INSERT INTO head (id, revision, meta) VALUES (1, 0, ?)", (_dumps(meta),)
+                )
+                builder.write_revision()  # revision 1: the creation finished
+                if fill is not None:
+                    fill(builder)
+        finally:
+            connection.close()
+        if os.path.exists(f"{temporary}-wal"):
+            raise OSError(f"{temporary}: SQLite could not checkpoint the new study file")
 
     @classmethod
     def open(
@@ -195,29 +212,21 @@ class StudyStore:
     ) -> "StudyStore":
         """Open an existing study file.
 
-        Raises :class:`FileNotFoundError`, or :class:`StateFormatError` when the
-        file is not an mfask study or has another schema version.
+        The file is checked first on a read-only connection
+        (:func:`mfask.store_schema.check_study_file`), so a refused file is
+        left exactly as it was.
+
+        Raises :class:`FileNotFoundError`, :class:`IncompleteStudyError` for a
+        study whose creation was interrupted, or :class:`StateFormatError` when
+        the file is not an mfask study, has another schema version or SQL of
+        its own (triggers, views, other tables).
         """
         target = study_file_path(path)
         if not target.is_file():
             raise FileNotFoundError(f"no study file at {target}")
+        check_study_file(target, timeout)
         connection = _connect(target, timeout, synchronous, create=False)
-        store = cls(connection, target, timeout)
-        try:
-            rows = dict(connection.execute("SELECT key, value FROM study_info").fetchall())
-        except sqlite3.DatabaseError as error:
-            connection.close()
-            raise StateFormatError(f"{target} is not an mfask study file ({error})") from None
-        if rows.get("format") != STUDY_FORMAT:
-            connection.close()
-            raise StateFormatError(f"{target} is not an mfask study file (no format tag)")
-        if rows.get("schema_version") != str(SCHEMA_VERSION):
-            connection.close()
-            raise StateFormatError(
-                f"{target} has study schema version {rows.get('schema_version')!r}; this mfask "
-                f"reads version {SCHEMA_VERSION} (was it written by another mfask version?)"
-            )
-        return store
+        return cls(connection, target, timeout)
 
     def close(self) -> None:
         """Close the connection (committed data is already on disk)."""
@@ -247,6 +256,7 @@ class StudyStore:
         self._depth = 1
         self._write_revision = None
         try:
+            self._check_schema_unchanged()
             yield
             self._connection.execute("COMMIT")
         except BaseException as error:
@@ -254,10 +264,22 @@ class StudyStore:
                 self._connection.execute("ROLLBACK")
             if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
                 raise _locked_error(error, self) from None
+            if type(error) is sqlite3.DatabaseError:  # SQLITE_CORRUPT, SQLITE_NOTADB
+                raise StateFormatError(f"{self.path} is corrupt ({error}); nothing was changed") from None
             raise
         finally:
             self._depth = 0
             self._write_revision = None
+
+    def _check_schema_unchanged(self) -> None:
+        """Check the schema again (:func:`~mfask.store_schema.check_schema`)
+        if SQLite's schema cookie changed since the last check: the first
+        transaction, or another process changed the schema (added a trigger,
+        ran ``VACUUM``)."""
+        cookie = int(self._connection.execute("PRAGMA schema_version").fetchone()[0])
+        if cookie != self._schema_cookie:
+            check_schema(self._connection, self.path)
+            self._schema_cookie = cookie
 
     def _require_transaction(self) -> None:
         if not self._depth:
@@ -622,6 +644,7 @@ def _connect(path: Path, timeout: float, synchronous: str, create: bool) -> sqli
     uri = f"{path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}"
     connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
     try:
+        protect_connection(connection)
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     except sqlite3.DatabaseError as error:
@@ -631,6 +654,31 @@ def _connect(path: Path, timeout: float, synchronous: str, create: bool) -> sqli
         connection.close()
         raise StateFormatError(f"{path}: could not switch the database to WAL mode (got {mode})")
     return connection
+
+
+def _refuse_unless_incomplete(target: Path, timeout: float) -> None:
+    """Raise :class:`FileExistsError` unless ``target`` is an
+    :class:`IncompleteStudyError` file (which a creation may replace)."""
+    try:
+        check_study_file(target, timeout)
+    except IncompleteStudyError:
+        return  # it holds no data: replaceable
+    except StateFormatError as error:
+        raise FileExistsError(
+            f"{target} already exists and is not an mfask study ({error}); it was left as it "
+            "is: choose another path, or remove the file if it is not needed"
+        ) from None
+    raise FileExistsError(
+        f"{target} already exists; open it (open_study, or create_study(..., "
+        "load_if_exists=True)) or choose another path"
+    )
+
+
+def _remove_companions(database: Path) -> None:
+    """Remove SQLite's ``-wal``, ``-shm`` and ``-journal`` files of ``database``."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{database}{suffix}")
 
 
 def _array_from_blob(name: str, dtype: str, shape: str, data: bytes) -> np.ndarray:
