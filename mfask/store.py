@@ -157,12 +157,17 @@ class StudyStore:
         os.close(handle)
         try:
             cls._build(temporary, meta, fill, timeout, synchronous)
+            # the lock serialises creators that replace an incomplete file
             with TrainingLock(str(target) + ".lock").hold(timeout, purpose="creating the study"):
-                if target.exists():
+                replacing = target.exists()
+                if replacing:
                     _refuse_unless_incomplete(target, timeout)
                 # a -wal left by another database of this name would be replayed into this one
                 _remove_companions(target)
-                link_into_place(temporary, target)
+                if replacing:
+                    os.replace(temporary, target)
+                else:
+                    link_into_place(temporary, target)
             fsync_directory(target.parent)
         finally:
             _remove_companions(temporary)
@@ -264,7 +269,7 @@ class StudyStore:
                 self._connection.execute("ROLLBACK")
             if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
                 raise _locked_error(error, self) from None
-            if type(error) is sqlite3.DatabaseError:  # SQLITE_CORRUPT, SQLITE_NOTADB
+            if _is_corrupt_content(error):
                 raise StateFormatError(f"{self.path} is corrupt ({error}); nothing was changed") from None
             raise
         finally:
@@ -672,6 +677,14 @@ def _refuse_unless_incomplete(target: Path, timeout: float) -> None:
         f"{target} already exists; open it (open_study, or create_study(..., "
         "load_if_exists=True)) or choose another path"
     )
+
+
+def _is_corrupt_content(error: BaseException) -> bool:
+    """Whether an error of sqlite3 says the file's content is damaged: pages
+    (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``) or text that is not UTF-8."""
+    if type(error) is sqlite3.DatabaseError or isinstance(error, UnicodeDecodeError):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and str(error).startswith("Could not decode to UTF-8")
 
 
 def _remove_companions(database: Path) -> None:

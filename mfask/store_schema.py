@@ -255,6 +255,8 @@ def check_study_file(path: Path, timeout: float = 60.0) -> None:
         if isinstance(error, sqlite3.OperationalError) and ("i/o" in text or "unable to open" in text):
             raise  # the file could not be read, which says nothing about its contents
         raise StateFormatError(f"{path} is not an mfask study file or is corrupt ({error})") from None
+    except UnicodeDecodeError as error:  # text in the file that is not UTF-8
+        raise StateFormatError(f"{path} is not an mfask study file or is corrupt ({error})") from None
     finally:
         connection.close()
 
