@@ -185,9 +185,12 @@ class StudyStore:
         synchronous: str,
     ) -> None:
         """Write a complete study into the empty file ``temporary`` and close it
-        (its write-ahead log checkpointed into it, so the file stands alone)."""
+        (its write-ahead log checkpointed into it, so the file stands alone),
+        synced to disk."""
         connection = _connect(temporary, timeout, synchronous, create=True)
         try:
+            # no syncs while building: the finished file is synced once, before it gets its name
+            connection.execute("PRAGMA synchronous = OFF")
             connection.executescript(SCHEMA)
             builder = cls(connection, temporary, timeout)
             with builder.transaction():
@@ -210,6 +213,11 @@ class StudyStore:
             connection.close()
         if os.path.exists(f"{temporary}-wal"):
             raise OSError(f"{temporary}: SQLite could not checkpoint the new study file")
+        handle = os.open(temporary, os.O_RDWR)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
     @classmethod
     def open(

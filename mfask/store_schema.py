@@ -158,12 +158,19 @@ def expected_schema() -> tuple[SchemaEntry, ...]:
 
 def schema_differences(connection: sqlite3.Connection) -> list[str]:
     """What in ``connection``'s database is not :data:`SCHEMA`, in words
-    (e.g. ``"a trigger 'reset' on table 'tickets'"``, ``"table 'tickets' is
-    altered"``); empty when the schema is exactly mfask's."""
-    actual = {(entry.type, entry.name): entry for entry in _read_schema(connection)}
+    (e.g. ``"a foreign trigger 'reset' on table 'tickets'"``, ``"table
+    'tickets' differs from mfask's (altered)"``, ``"no index 'tickets_by_status'"``);
+    empty when the schema is exactly mfask's."""
+    return _differences(_read_schema(connection))
+
+
+def _differences(entries: tuple[SchemaEntry, ...]) -> list[str]:
+    actual = {(entry.type, entry.name): entry for entry in entries}
     expected = {(entry.type, entry.name): entry for entry in expected_schema()}
     differences = []
-    for key, entry in sorted(actual.items()):
+    if len(actual) < len(entries):  # only a crafted sqlite_master repeats a name
+        differences.append("entries of the same name twice")
+    for key, entry in sorted(actual.items(), key=lambda item: str(item[0])):
         if key not in expected:
             where = f" on table {entry.table!r}" if entry.type in ("trigger", "index") else ""
             differences.append(f"a foreign {entry.type} {entry.name!r}{where}")
@@ -197,7 +204,7 @@ def check_schema(connection: sqlite3.Connection, path: Path) -> None:
             f"{path} is not an mfask study file (an SQLite database of something else: {names}"
             f"{', ...' if len(actual) > 5 else ''})"
         )
-    differences = schema_differences(connection)
+    differences = _differences(actual)
     if differences:
         raise StateFormatError(
             f"{path} is not an mfask study file: its schema has {'; '.join(differences)}. mfask "

@@ -19,7 +19,6 @@ import faulthandler
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
