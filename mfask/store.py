@@ -672,6 +672,8 @@ def _connect(path: Path, timeout: float, synchronous: str, create: bool) -> sqli
 def _refuse_unless_incomplete(target: Path, timeout: float) -> None:
     """Raise :class:`FileExistsError` unless ``target`` is an
     :class:`IncompleteStudyError` file (which a creation may replace)."""
+    if not target.is_file():
+        raise FileExistsError(f"{target} already exists and is not a file; choose another path")
     try:
         check_study_file(target, timeout)
     except IncompleteStudyError:

@@ -258,6 +258,15 @@ def test_a_refused_open_leaves_the_file_exactly_as_it_was(tmp_path, case):
         assert _journal_mode(path) == journal_mode
 
 
+def test_a_study_in_rollback_journal_mode_opens_and_returns_to_wal(template, tmp_path):
+    path = copy_of(template, tmp_path)
+    alter(path, "PRAGMA journal_mode = DELETE")
+    assert _journal_mode(path) == "rollback"
+    with open_study(path, lazy=True) as study:
+        assert len(study.pending()) == 5
+    assert _journal_mode(path) == "wal"
+
+
 def _journal_mode(path: Path) -> str:
     """The journal mode recorded in the file's header (bytes 18-19: 1 rollback, 2 WAL)."""
     return {1: "rollback", 2: "wal"}[path.read_bytes()[18]]
@@ -269,14 +278,14 @@ def _legacy_empty_file(path: Path) -> None:
 
 
 def _legacy_empty_database(path: Path) -> None:
-    """What mfask before 0.1 left when killed right after connecting: WAL, no tables."""
+    """What an earlier mfask left when killed right after connecting: WAL, no tables."""
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.close()
 
 
 def _legacy_study_without_state(path: Path) -> None:
-    """What mfask before 0.1 left when killed between its two creating
+    """What an earlier mfask left when killed between its two creating
     transactions: the schema and head row at revision 0, no session arrays."""
     new_study(path).close()
     alter(path, "DELETE FROM session_arrays; UPDATE head SET revision = 0")
@@ -307,6 +316,16 @@ def test_files_of_interrupted_creations_are_refused_clearly_and_replaced(tmp_pat
         with open_study(path) as study:
             assert [row.ticket for row in study.pending()] == list(batch.ticket_ids)
         path.unlink()
+
+
+def test_a_folder_at_the_path_is_neither_opened_nor_replaced(tmp_path):
+    path = tmp_path / "s.mfask"
+    path.mkdir()
+    with pytest.raises(FileExistsError, match="not a file"):
+        new_study(path)
+    with pytest.raises(FileNotFoundError):
+        open_study(path)
+    assert os.listdir(tmp_path) == ["s.mfask"] and os.listdir(path) == []
 
 
 def test_a_stale_write_ahead_log_at_the_path_is_not_replayed_into_a_new_study(tmp_path):
