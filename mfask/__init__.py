@@ -18,7 +18,7 @@ from typing import Any
 # bookkeeping (tell, status, export) do not import torch.
 _EXPORTS = {
     "mfask.errors": (
-        "InvalidInputError", "LeakageError", "LeakageWarning", "MaxEpochsWarning", "MfaskError",
+        "IncompleteStudyError", "InvalidInputError", "LeakageError", "LeakageWarning", "MaxEpochsWarning", "MfaskError",
         "NotEnoughDataError",
         "OutsidePriorError", "ReadOnlyStudyError", "StateFormatError", "StudyLockedError",
         "StudyStorageError", "TicketAlreadyToldError",
@@ -75,6 +75,7 @@ __all__ = [
     "LeakageWarning",
     "MaxEpochsWarning",
     "StateFormatError",
+    "IncompleteStudyError",
     "StudyLockedError",
     "StudyStorageError",
     "ReadOnlyStudyError",

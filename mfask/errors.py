@@ -21,6 +21,7 @@ __all__ = [
     "LeakageError",
     "LeakageWarning",
     "StateFormatError",
+    "IncompleteStudyError",
     "StudyLockedError",
     "StudyStorageError",
     "ReadOnlyStudyError",
@@ -68,6 +69,13 @@ class NotEnoughDataError(MfaskError, RuntimeError):
 
 class StateFormatError(MfaskError, ValueError):
     """A saved state that is malformed, tampered with or of an unknown version."""
+
+
+class IncompleteStudyError(StateFormatError):
+    """A study file whose creation was interrupted (an empty file or database,
+    or a study without its posterior's state, as older versions of mfask
+    could leave when killed): it holds no data, opening it fails, and
+    creating the study at its path again replaces it."""
 
 
 class StudyLockedError(MfaskError, TimeoutError):

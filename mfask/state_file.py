@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import secrets
 import stat
 import zipfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mfask.atomic_file import create_temporary
 from mfask.errors import StateFormatError
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ _META_KEY = "__meta__"
 MAX_JSON_DEPTH = 32
 # numpy dtype kinds a member may have (no objects, strings or structures)
 _NUMERIC_KINDS = "biufc"
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # what zipfile raises for archives it cannot read
 _ZIP_ERRORS = (
     zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
@@ -93,7 +92,7 @@ def write_file_atomically(path: str | os.PathLike[str], payload: bytes) -> None:
         mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         mode = None
-    handle, temporary = _create_temporary(target)
+    handle, temporary = create_temporary(target, "tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             if mode is not None:
@@ -115,21 +114,9 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder", str(target))
-    handle, temporary = _create_temporary(target)
+    handle, temporary = create_temporary(target, "tmp")
     os.close(handle)
     os.unlink(temporary)
-
-
-def _create_temporary(target: Path) -> tuple[int, str]:
-    """A new file next to ``target``, opened for writing with mode 0666 less
-    the umask (``tempfile.mkstemp`` would make it 0600)."""
-    for _ in range(100):
-        name = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o666), str(name)
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(target.parent))
 
 
 def read_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

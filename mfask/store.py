@@ -24,7 +24,14 @@ several processes can share the file (WAL mode; SQLite serialises writers).
 Readers bring their copy up to date with the rows whose ``revision`` is newer
 than the last one they saw. Nothing read from the file is unpickled or
 executed: a crafted file can only fail to load with
-:class:`~mfask.errors.StateFormatError`.
+:class:`~mfask.errors.StateFormatError`. A file is opened only once
+:mod:`mfask.store_schema` has found, on a read-only connection, exactly
+mfask's schema in it (no triggers or views, which SQLite would run), and every
+transaction starts by checking that the schema has not changed since.
+
+A new file is built complete under a temporary name and then linked into
+place (:mod:`mfask.atomic_file`), so the study's name never holds a
+half-made study, even if the creating process is killed.
 
 The file's troubles surface as :class:`~mfask.errors.StudyStorageError`
 (never a raw ``sqlite3`` or ``OSError``), with the transaction rolled back:
@@ -39,6 +46,7 @@ transactions are refused before they start.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -49,67 +57,30 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from mfask.atomic_file import create_temporary, fsync_directory, link_into_place, remove_leftovers
 from mfask.errors import (
+    IncompleteStudyError,
     InvalidInputError,
+    MfaskError,
     ReadOnlyStudyError,
     StateFormatError,
     StudyLockedError,
     StudyStorageError,
 )
+from mfask.sqlite_failures import is_corrupt_content, storage_failure
 from mfask.state_file import decode_state, encode_state
+from mfask.store_schema import SCHEMA, SCHEMA_VERSION, STUDY_FORMAT, check_schema, check_study_file, protect_connection
+from mfask.study_lock import TrainingLock
 from mfask.tickets import SOURCES, STATUSES
 
 __all__ = ["SCHEMA_VERSION", "STUDY_FORMAT", "StudyStore", "TicketRow"]
 
-STUDY_FORMAT = "mfask-study"
-#: version of the table layout; files of other versions are refused
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE study_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE head (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    revision INTEGER NOT NULL,
-    meta TEXT NOT NULL
-);
-CREATE TABLE session_arrays (
-    name TEXT PRIMARY KEY,
-    dtype TEXT NOT NULL,
-    shape TEXT NOT NULL,
-    data BLOB NOT NULL,
-    revision INTEGER NOT NULL
-);
-CREATE TABLE tickets (
-    id INTEGER PRIMARY KEY,
-    fidelity TEXT NOT NULL,
-    source TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    theta BLOB NOT NULL,
-    x BLOB,
-    asked_at REAL NOT NULL,
-    told_at REAL,
-    cost REAL,
-    reason TEXT,
-    metadata TEXT,
-    retry_of INTEGER,
-    revision INTEGER NOT NULL
-);
-CREATE INDEX tickets_by_revision ON tickets (revision);
-CREATE INDEX tickets_by_status ON tickets (status, fidelity);
-CREATE TABLE checkpoints (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at REAL NOT NULL,
-    revision INTEGER NOT NULL,
-    levels TEXT NOT NULL,
-    weights BLOB NOT NULL,
-    sha256 TEXT NOT NULL
-);
-"""
+# the label of the temporary names a study file is built under
+_BUILD_LABEL = "creating"
 
 # numpy dtype kinds a stored array may have (no objects, no structured types)
 _NUMERIC_KINDS = "biufc"
@@ -177,6 +148,7 @@ class StudyStore:
         self._snapshot = snapshot
         self._depth = 0
         self._write_revision: int | None = None
+        self._schema_cookie: int | None = None  # SQLite's schema version when last checked
         # the file the connection has open (absolute: a later chdir changes nothing)
         self._file = path.resolve()
         self._identity = _file_identity(self._file)
@@ -189,47 +161,122 @@ class StudyStore:
     # ------------------------------------------------------------ open/close
     @classmethod
     def create(
-        cls, path: str | os.PathLike[str], meta: dict[str, Any], *, timeout: float = 60.0,
+        cls,
+        path: str | os.PathLike[str],
+        meta: dict[str, Any],
+        *,
+        fill: Callable[["StudyStore"], None] | None = None,
+        timeout: float = 60.0,
         synchronous: str = "full",
     ) -> "StudyStore":
         """Create a new study file with the posterior description ``meta``.
 
-        Raises :class:`FileExistsError` if ``path`` exists.
+        The file is built under a temporary name in the same folder, in one
+        transaction that also runs ``fill(store)`` (to write the posterior's
+        state, tickets and models; ``store.path`` is then the temporary
+        name), and only the complete file is linked to ``path``. So ``path``
+        never holds a half-made study, whenever the process dies; leftovers
+        of killed creators are removed by the next creation.
+
+        An :class:`~mfask.errors.IncompleteStudyError` file at ``path`` (left
+        by an older mfask that was killed while creating) is replaced.
+
+        Raises :class:`FileExistsError` if ``path`` holds anything else (the
+        message says whether it is a study), also when another process
+        created the study first.
         """
         target = study_file_path(path)
         if target.exists():
-            raise FileExistsError(
-                f"{target} already exists; open it (open_study, or create_study(..., "
-                "load_if_exists=True)) or choose another path"
-            )
+            _refuse_unless_incomplete(target, timeout)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StudyStorageError(
                 f"cannot create the folder {target.parent} for the study: {error.strerror or error}"
             ) from None
+        remove_leftovers(target, _BUILD_LABEL)
         try:
-            connection = _connect(target, timeout, synchronous, create=True)
-        except sqlite3.OperationalError as error:
-            raise _storage_error(error, target, timeout, "create") from None
-        store = cls(connection, target, timeout)
-        with store.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            from mfask import __version__
+            handle, temporary = create_temporary(target, _BUILD_LABEL)
+        except OSError as error:
+            raise StudyStorageError(
+                f"cannot create {target}: no new file can be made in {target.parent} "
+                f"({error.strerror or error}); check that the folder is writable"
+            ) from None
+        os.close(handle)
+        try:
+            try:
+                cls._build(temporary, meta, fill, timeout, synchronous)
+            except sqlite3.OperationalError as error:
+                if storage_failure(error) is None:
+                    raise
+                raise _storage_error(error, target, timeout, "create") from None
+            except OSError as error:  # syncing the finished file
+                if isinstance(error, MfaskError):
+                    raise
+                raise StudyStorageError(
+                    f"could not create {target}: {error.strerror or error}; nothing was created"
+                ) from None
+            # the lock serialises creators that replace an incomplete file
+            with TrainingLock(str(target) + ".lock").hold(timeout, purpose="creating the study"):
+                replacing = target.exists()
+                if replacing:
+                    _refuse_unless_incomplete(target, timeout)
+                # a -wal left by another database of this name would be replayed into this one
+                _remove_companions(target)
+                if replacing:
+                    os.replace(temporary, target)
+                else:
+                    link_into_place(temporary, target)
+            fsync_directory(target.parent)
+        finally:
+            _remove_companions(temporary)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        return cls.open(target, timeout=timeout, synchronous=synchronous)
 
-            info = {
-                "format": STUDY_FORMAT,
-                "schema_version": str(SCHEMA_VERSION),
-                "created_at": repr(time.time()),
-                "mfask_version": __version__,
-            }
-            connection.executemany("INSERT INTO study_info VALUES (?, ?)", info.items())
-            connection.execute(
-                "INSERT INTO head (id, revision, meta) VALUES (1, 0, ?)", (_dumps(meta),)
-            )
-        return store
+    @classmethod
+    def _build(
+        cls,
+        temporary: Path,
+        meta: dict[str, Any],
+        fill: Callable[["StudyStore"], None] | None,
+        timeout: float,
+        synchronous: str,
+    ) -> None:
+        """Write a complete study into the empty file ``temporary`` and close it
+        (its write-ahead log checkpointed into it, so the file stands alone),
+        synced to disk."""
+        connection = _connect(temporary, timeout, synchronous, create=True)
+        try:
+            # no syncs while building: the finished file is synced once, before it gets its name
+            connection.execute("PRAGMA synchronous = OFF")
+            connection.executescript(SCHEMA)
+            builder = cls(connection, temporary, timeout)
+            with builder.transaction():
+                from mfask import __version__
+
+                info = {
+                    "format": STUDY_FORMAT,
+                    "schema_version": str(SCHEMA_VERSION),
+                    "created_at": repr(time.time()),
+                    "mfask_version": __version__,
+                }
+                connection.executemany("INSERT INTO study_info VALUES (?, ?)", info.items())
+                connection.execute(
+                    "INSERT INTO head (id, revision, meta) VALUES (1, 0, ?)", (_dumps(meta),)
+                )
+                builder.write_revision()  # revision 1: the creation finished
+                if fill is not None:
+                    fill(builder)
+        finally:
+            connection.close()
+        if os.path.exists(f"{temporary}-wal"):
+            raise OSError(f"{temporary}: SQLite could not checkpoint the new study file")
+        handle = os.open(temporary, os.O_RDWR)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
     @classmethod
     def open(
@@ -239,32 +286,22 @@ class StudyStore:
         """Open an existing study file; read-only with ``read_only``, or when
         it cannot be written here (a read-only file, folder or file system).
 
-        Raises :class:`FileNotFoundError`, :class:`StateFormatError` when the
-        file is not an mfask study or has another schema version, or
-        :class:`StudyStorageError` when it cannot be read.
+        The file is checked first on a read-only connection
+        (:func:`mfask.store_schema.check_study_file`), so a refused file is
+        left exactly as it was.
+
+        Raises :class:`FileNotFoundError`, :class:`IncompleteStudyError` for a
+        study whose creation was interrupted, :class:`StateFormatError` when
+        the file is not an mfask study, has another schema version or SQL of
+        its own (triggers, views, other tables), or :class:`StudyStorageError`
+        when it cannot be read.
         """
         target = study_file_path(path)
         if not target.is_file():
             raise FileNotFoundError(f"no study file at {target}")
+        _check_existing_file(target, timeout)
         connection, reason, snapshot = _connect_existing(target, timeout, synchronous, read_only)
-        store = cls(connection, target, timeout, read_only_reason=reason, snapshot=snapshot)
-        try:
-            rows = dict(connection.execute("SELECT key, value FROM study_info").fetchall())
-        except sqlite3.DatabaseError as error:
-            connection.close()
-            if isinstance(error, sqlite3.OperationalError) and _sqlite_failure(error) is not None:
-                raise _storage_error(error, target, timeout, "read") from None
-            raise StateFormatError(f"{target} is not an mfask study file ({error})") from None
-        if rows.get("format") != STUDY_FORMAT:
-            connection.close()
-            raise StateFormatError(f"{target} is not an mfask study file (no format tag)")
-        if rows.get("schema_version") != str(SCHEMA_VERSION):
-            connection.close()
-            raise StateFormatError(
-                f"{target} has study schema version {rows.get('schema_version')!r}; this mfask "
-                f"reads version {SCHEMA_VERSION} (was it written by another mfask version?)"
-            )
-        return store
+        return cls(connection, target, timeout, read_only_reason=reason, snapshot=snapshot)
 
     def close(self) -> None:
         """Close the connection (committed data is already on disk)."""
@@ -301,13 +338,14 @@ class StudyStore:
         try:
             self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.OperationalError as error:
-            if _sqlite_failure(error) is None:
+            if storage_failure(error) is None:
                 raise
             raise _storage_error(error, self.path, self.timeout, action) from None
         self._depth = 1
         self._write_revision = None
         try:
             self._check_file()
+            self._check_schema_unchanged()
             yield
             if write:
                 self._check_file()
@@ -318,8 +356,10 @@ class StudyStore:
                     self._connection.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass  # the error that stopped the transaction says more
-            if isinstance(error, sqlite3.OperationalError) and _sqlite_failure(error) is not None:
+            if storage_failure(error) is not None:
                 raise _storage_error(error, self.path, self.timeout, action) from None
+            if is_corrupt_content(error):
+                raise StateFormatError(f"{self.path} is corrupt ({error}); nothing was changed") from None
             raise
         finally:
             self._depth = 0
@@ -348,6 +388,16 @@ class StudyStore:
                 "appeared) while this process reads it as a read-only snapshot (SQLite cannot "
                 "share its changes in a folder that is not writable here); open it again"
             )
+
+    def _check_schema_unchanged(self) -> None:
+        """Check the schema again (:func:`~mfask.store_schema.check_schema`)
+        if SQLite's schema cookie changed since the last check: the first
+        transaction, or another process changed the schema (added a trigger,
+        ran ``VACUUM``)."""
+        cookie = int(self._connection.execute("PRAGMA schema_version").fetchone()[0])
+        if cookie != self._schema_cookie:
+            check_schema(self._connection, self.path)
+            self._schema_cookie = cookie
 
     def _require_transaction(self) -> None:
         if not self._depth:
@@ -715,11 +765,12 @@ def _connect(path: Path, timeout: float, synchronous: str, create: bool) -> sqli
     uri = f"{path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}"
     connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
     try:
+        protect_connection(connection)
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         connection.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     except sqlite3.DatabaseError as error:
         connection.close()
-        if isinstance(error, sqlite3.OperationalError) and _sqlite_failure(error) is not None:
+        if storage_failure(error) is not None:
             raise
         raise StateFormatError(f"{path} is not an mfask study file ({error})") from None
     if str(mode).lower() != "wal":
@@ -740,7 +791,7 @@ def _connect_existing(
     try:
         connection = _connect(path, timeout, synchronous, create=False)
     except sqlite3.OperationalError as error:
-        failure = _sqlite_failure(error)
+        failure = storage_failure(error)
         if failure == "read-only":
             reason = "its file or file system is not writable here"
         elif failure == "cannot-open":  # e.g. a folder where SQLite cannot create <file>-wal
@@ -763,7 +814,7 @@ def _connect_read_only(path: Path, timeout: float, reason: str) -> tuple[sqlite3
     try:
         return _probed_connection(f"{base}?mode=ro", path, timeout), reason, False
     except sqlite3.OperationalError as error:
-        if _sqlite_failure(error) not in ("cannot-open", "read-only"):
+        if storage_failure(error) not in ("cannot-open", "read-only"):
             raise _storage_error(error, path, timeout, "read") from None
     if _holds_log(path):
         raise StudyStorageError(
@@ -780,10 +831,13 @@ def _connect_read_only(path: Path, timeout: float, reason: str) -> tuple[sqlite3
 
 def _probed_connection(uri: str, path: Path, timeout: float) -> sqlite3.Connection:
     """A connection to ``uri`` that has read the schema (SQLite opens files
-    lazily). Raises ``sqlite3.OperationalError`` when SQLite cannot read
-    it, :class:`StateFormatError` for a file that is not a database."""
+    lazily), with SQLite's protections against stored SQL
+    (:func:`~mfask.store_schema.protect_connection`). Raises
+    ``sqlite3.OperationalError`` when SQLite cannot read it,
+    :class:`StateFormatError` for a file that is not a database."""
     connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
     try:
+        protect_connection(connection)
         connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     except sqlite3.OperationalError:
         connection.close()
@@ -816,6 +870,48 @@ def _holds_log(path: Path) -> bool:
         return False
 
 
+def _check_existing_file(target: Path, timeout: float) -> None:
+    """:func:`~mfask.store_schema.check_study_file`, with a file that cannot
+    be read (permissions, an I/O error, a folder where SQLite cannot read it)
+    as :class:`StudyStorageError` instead of a raw ``OSError`` or ``sqlite3``
+    error; :class:`FileNotFoundError` when the file is gone."""
+    try:
+        check_study_file(target, timeout)
+    except sqlite3.OperationalError as error:  # the check re-raises only storage failures
+        raise _storage_error(error, target, timeout, "read") from None
+    except OSError as error:
+        if isinstance(error, (FileNotFoundError, MfaskError)):
+            raise
+        raise StudyStorageError(f"cannot read {target}: {error.strerror or error}") from None
+
+
+def _refuse_unless_incomplete(target: Path, timeout: float) -> None:
+    """Raise :class:`FileExistsError` unless ``target`` is an
+    :class:`IncompleteStudyError` file (which a creation may replace)."""
+    if not target.is_file():
+        raise FileExistsError(f"{target} already exists and is not a file; choose another path")
+    try:
+        _check_existing_file(target, timeout)
+    except IncompleteStudyError:
+        return  # it holds no data: replaceable
+    except StateFormatError as error:
+        raise FileExistsError(
+            f"{target} already exists and is not an mfask study ({error}); it was left as it "
+            "is: choose another path, or remove the file if it is not needed"
+        ) from None
+    raise FileExistsError(
+        f"{target} already exists; open it (open_study, or create_study(..., "
+        "load_if_exists=True)) or choose another path"
+    )
+
+
+def _remove_companions(database: Path) -> None:
+    """Remove SQLite's ``-wal``, ``-shm`` and ``-journal`` files of ``database``."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{database}{suffix}")
+
+
 def _array_from_blob(name: str, dtype: str, shape: str, data: bytes) -> np.ndarray:
     """Decode a stored array; only plain numeric dtypes are accepted."""
     try:
@@ -832,34 +928,12 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-# kinds of SQLite failures: (kind, result code names, message texts)
-_SQLITE_FAILURES = (
-    ("busy", ("SQLITE_BUSY", "SQLITE_LOCKED"), ("locked", "busy")),
-    ("full", ("SQLITE_FULL",), ("database or disk is full",)),
-    ("read-only", ("SQLITE_READONLY",), ("attempt to write a readonly database",)),
-    ("io", ("SQLITE_IOERR",), ("disk I/O error",)),
-    ("cannot-open", ("SQLITE_CANTOPEN",), ("unable to open database file",)),
-)
-
-
-def _sqlite_failure(error: sqlite3.Error) -> str | None:
-    """The kind of an SQLite failure (a first item of :data:`_SQLITE_FAILURES`),
-    ``None`` for failures that are not about storage (malformed data, bugs)."""
-    name = getattr(error, "sqlite_errorname", None) or ""  # (Python >= 3.11)
-    text = str(error)
-    return next(
-        (kind for kind, names, texts in _SQLITE_FAILURES
-         if name.startswith(names) or any(t in text for t in texts)),
-        None,
-    )
-
-
 def _storage_error(
     error: sqlite3.Error, path: Path, timeout: float, action: str
 ) -> StudyLockedError | StudyStorageError:
     """The mfask error for SQLite's failure to ``action`` ("read", "write",
     "open", "create") the file, with what to do."""
-    kind = _sqlite_failure(error)
+    kind = storage_failure(error)
     companions = f"{path.name}-wal and {path.name}-shm"
     if kind == "busy":
         return StudyLockedError(

@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 import numpy as np
 
 from mfask.errors import (
+    IncompleteStudyError,
     InvalidInputError,
     MfaskError,
     NotEnoughDataError,
@@ -78,7 +79,7 @@ from mfask.errors import (
 )
 from mfask.fidelity import Fidelity, FidelitySpec, ask_target
 from mfask.state_file import generator_from_array, generator_to_array
-from mfask.store import StudyStore, TicketRow, study_file_path
+from mfask.store import StudyStore, TicketRow
 from mfask.study_lock import TrainingLock
 from mfask.ticket_book import TellResult, TicketBook
 from mfask.tickets import FAILED, STATUSES, AskBatch
@@ -184,7 +185,12 @@ class Study:
                 survive a power loss; ``"normal"`` only a crash of the
                 process (faster on slow disks).
 
-        Raises :class:`FileExistsError` if ``path`` exists.
+        The file appears at ``path`` complete or not at all, also if the
+        process is killed while creating it (see :meth:`StudyStore.create`);
+        a file left at ``path`` by an interrupted creation of an older mfask
+        (:class:`~mfask.errors.IncompleteStudyError`) is replaced.
+
+        Raises :class:`FileExistsError` if ``path`` holds anything else.
         """
         if not isinstance(posterior, _posterior_class()):
             raise InvalidInputError(
@@ -194,16 +200,21 @@ class Study:
         levels = meta.pop("levels")
         session = {k: v for k, v in arrays.items() if not k.startswith("model/")}
         models = {k: v for k, v in arrays.items() if k.startswith("model/")}
-        store = StudyStore.create(path, {**meta, "levels": []}, timeout=timeout, synchronous=synchronous)
+        ledger = posterior._ledger
+
+        def fill(store: StudyStore) -> None:
+            """Write the posterior's state into the file being created."""
+            store.write_session_arrays(session)
+            ids = np.arange(ledger.size)
+            if ids.size:
+                store.write_tickets(ids, ledger.rows(ids), posterior.fidelity_names)
+            if any(level["num_members"] for level in levels):
+                store.write_checkpoint(levels, models)
+
+        store = StudyStore.create(
+            path, {**meta, "levels": []}, fill=fill, timeout=timeout, synchronous=synchronous
+        )
         try:
-            with store.transaction():
-                store.write_session_arrays(session)
-                ledger = posterior._ledger
-                ids = np.arange(ledger.size)
-                if ids.size:
-                    store.write_tickets(ids, ledger.rows(ids), posterior.fidelity_names)
-                if any(level["num_members"] for level in levels):
-                    store.write_checkpoint(levels, models)
             return cls(
                 store,
                 prior=posterior.prior,
@@ -932,14 +943,33 @@ def create_study(
     or many at once), provided it was created with the same prior,
     fidelities and options; else :class:`InvalidInputError` names what
     differs. Without it an existing file raises :class:`FileExistsError`.
+    Either way a file left by an interrupted creation
+    (:class:`~mfask.errors.IncompleteStudyError`) is replaced.
     """
     posterior = _posterior_class()(prior, fidelities, **posterior_options)
-    if not (load_if_exists and study_file_path(path).exists()):
-        try:
-            return Study.create(path, posterior, timeout=timeout, synchronous=synchronous)
-        except FileExistsError:
-            if not load_if_exists:
-                raise  # else another process created it first: open theirs
+    if not load_if_exists:
+        return Study.create(path, posterior, timeout=timeout, synchronous=synchronous)
+    try:
+        return _open_same_study(path, prior, posterior, posterior_options, timeout, synchronous)
+    except (FileNotFoundError, IncompleteStudyError):
+        pass  # no study yet, or an interrupted creation: create it
+    try:
+        return Study.create(path, posterior, timeout=timeout, synchronous=synchronous)
+    except FileExistsError:  # another process created it first: open theirs
+        return _open_same_study(path, prior, posterior, posterior_options, timeout, synchronous)
+
+
+def _open_same_study(
+    path: str | os.PathLike[str],
+    prior: Prior,
+    posterior: MultiFidelityPosterior,
+    posterior_options: dict[str, Any],
+    timeout: float,
+    synchronous: Synchronous,
+) -> Study:
+    """Open the study at ``path``, which must have the configuration of
+    ``posterior`` (built from ``prior`` and ``posterior_options``), else
+    :class:`InvalidInputError` names what differs."""
     requested = posterior.configuration()
     study = Study.open(  # the file's own prior where it is data, so that a different one shows
         path, prior=prior if requested["prior"] is None else None,

@@ -230,6 +230,7 @@ def test_a_symlinked_lock_is_never_followed_by_fit_or_status(
 ) -> None:
     path = tmp_path / "s.mfask"
     study = make_study(path)
+    lock_path(path).unlink()  # left by the creation, which holds the lock to link the file into place
     victim = tmp_path / "precious.txt"
     victim.write_text("precious content\n")
     lock_path(path).symlink_to(victim)
@@ -253,6 +254,7 @@ def test_a_symlinked_lock_is_never_followed_by_fit_or_status(
 def test_a_dangling_symlinked_lock_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "s.mfask"
     study = make_study(path)
+    lock_path(path).unlink()  # left by the creation, which holds the lock to link the file into place
     target = tmp_path / "elsewhere" / "created.txt"
     target.parent.mkdir()
     lock_path(path).symlink_to(target)
@@ -268,6 +270,7 @@ def test_a_dangling_symlinked_lock_creates_nothing(tmp_path: Path) -> None:
 def test_a_lock_file_mfask_did_not_create_is_not_written(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "s.mfask"
     study = make_study(path)
+    lock_path(path).unlink()  # left by the creation, which holds the lock to link the file into place
     victim = tmp_path / "precious.txt"
     victim.write_text("precious content\n")
     if kind == "foreign content":
@@ -340,6 +343,7 @@ def test_the_status_probe_neither_creates_nor_changes_the_lock_file(
 ) -> None:
     path = tmp_path / "s.mfask"
     study = make_study(path)
+    lock_path(path).unlink()  # left by the creation, which holds the lock to link the file into place
     assert study.status()["training_lock"] is None
     assert run_cli(capsys, "status", path)[0] == 0
     assert not lock_path(path).exists()
@@ -637,6 +641,36 @@ def test_sqlite_failures_when_reading_are_storage_errors(
     connection.fail_on = None
     assert study.status()["total"]["pending"] == 2
     study.close()
+
+
+@pytest.mark.parametrize("statement", ["PRAGMA JOURNAL_MODE", "INSERT", "COMMIT"])
+def test_sqlite_failures_while_creating_are_storage_errors_that_leave_nothing(
+    tmp_path: Path, faulty_connections: list[FaultyConnection], monkeypatch: pytest.MonkeyPatch,
+    statement: str,
+) -> None:
+    monkeypatch.setattr(FaultyConnection, "fail_on", statement)
+    monkeypatch.setattr(FaultyConnection, "error", "database or disk is full")
+    with pytest.raises(StudyStorageError, match="disk is full"):
+        make_study(tmp_path / "s.mfask")
+    assert list(tmp_path.iterdir()) == []  # no study, no temporary file, no -wal/-shm
+    monkeypatch.setattr(FaultyConnection, "fail_on", None)
+    make_study(tmp_path / "s.mfask").close()  # space freed: the creation goes through
+
+
+def test_a_study_file_that_cannot_be_made_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def full_disk_open(file: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT and ".creating." in str(file):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", full_disk_open)
+    with pytest.raises(StudyStorageError, match="no new file can be made"):
+        create_study(tmp_path / "s.mfask", BoxUniform([0.0], [1.0]))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_folder_that_cannot_be_created_is_a_storage_error(tmp_path: Path) -> None:
