@@ -18,7 +18,7 @@ from typing import Any
 # bookkeeping (tell, status, export) do not import torch.
 _EXPORTS = {
     "mfask.errors": (
-        "InvalidInputError", "LeakageError", "LeakageWarning", "MaxEpochsWarning", "MfaskError",
+        "DeviceUnavailableError", "InvalidInputError", "LeakageError", "LeakageWarning", "MaxEpochsWarning", "MfaskError",
         "NotEnoughDataError",
         "OutsidePriorError", "StateFormatError", "StudyLockedError", "TicketAlreadyToldError",
         "UnknownFidelityError", "UnknownTicketError", "UnmatchedParametersError",
@@ -75,6 +75,7 @@ __all__ = [
     "MaxEpochsWarning",
     "StateFormatError",
     "StudyLockedError",
+    "DeviceUnavailableError",
 ]
 
 __version__ = "0.1.0"

@@ -158,8 +158,13 @@ def train_members(
     starts: list[FineTuningStart | None] = list(fine_tuning) if fine_tuning is not None else [None] * count
     if len(starts) != count:
         raise InvalidInputError(f"need one fine-tuning start (or None) per member; got {len(starts)}")
+    on_accelerator = any(member.device.type != "cpu" for member in members)
     if backend == "auto":
-        backend = choose_backend(count, seconds_per_member)
+        # worker processes share no GPU context: members on a GPU train here
+        backend = "sequential" if on_accelerator else choose_backend(count, seconds_per_member)
+    if backend == "loky" and on_accelerator:
+        raise InvalidInputError("backend='loky' trains on the CPU only; members on a GPU train "
+                                "with 'sequential' or 'threading'")
     if backend not in ("sequential", "threading", "loky"):
         raise InvalidInputError(
             f"backend must be 'auto', 'sequential', 'threading' or 'loky'; got {backend!r}"

@@ -70,6 +70,7 @@ from mfask.transfer_choice import TransferChoice
 from mfask.user_input import as_ticket_ids
 
 if TYPE_CHECKING:  # these import torch; a study imports them when it loads what needs them
+    import torch
     from torch import nn
 
     from mfask.posterior import MultiFidelityPosterior
@@ -125,12 +126,18 @@ class Study:
         embedding_net: nn.Module | None = None,
         verbose: bool = True,
         lazy: bool = False,
+        device: str | torch.device = "cpu",
     ) -> None:
+        if not lazy or device != "cpu":  # a lazy study imports torch only when it trains
+            from mfask.device import resolve_device
+
+            device = resolve_device(device)  # a clear error now rather than at the first fit
         self._store = store
         self._lock = TrainingLock(str(store.path) + ".lock")
         self._prior = prior
         self._embedding_net = embedding_net
         self._verbose = verbose
+        self._device = device
         # the in-memory state: a TicketBook, a PriorBook or the whole posterior
         self._book: TicketBook | None = None
         self._holds = _Holds.RECORDS if lazy else _Holds.POSTERIOR
@@ -193,6 +200,7 @@ class Study:
                 prior=posterior.prior,
                 embedding_net=posterior._embedding_template,
                 verbose=posterior.verbose,
+                device=posterior.device,
             )
         except BaseException:
             store.close()
@@ -209,6 +217,7 @@ class Study:
         timeout: float = 60.0,
         synchronous: Synchronous = "full",
         lazy: bool = False,
+        device: str | torch.device = "cpu",
     ) -> "Study":
         """Open an existing study file.
 
@@ -224,6 +233,9 @@ class Study:
                 and the posterior at the first call that needs them (see the
                 module doc); the trained weights are then checked at that
                 call (their digest also by :meth:`status`).
+            device: where this process trains and queries the networks
+                (see :class:`MultiFidelityPosterior`); not stored in the file,
+                so every process chooses its own.
 
         Raises :class:`FileNotFoundError`, or :class:`StateFormatError` for a
         file that is not a study, has an unknown schema version or holds
@@ -231,7 +243,8 @@ class Study:
         """
         store = StudyStore.open(path, timeout=timeout, synchronous=synchronous)
         try:
-            return cls(store, prior=prior, embedding_net=embedding_net, verbose=verbose, lazy=lazy)
+            return cls(store, prior=prior, embedding_net=embedding_net, verbose=verbose, lazy=lazy,
+                       device=device)
         except BaseException:
             store.close()
             raise
@@ -779,7 +792,7 @@ class Study:
             levels, models = store.read_checkpoint(checkpoint) if checkpoint is not None else ([], {})
             book = _posterior_class()._from_state(
                 {**meta, "levels": levels}, {**session, **models, **tickets},
-                prior=self._prior, embedding_net=self._embedding_net,
+                prior=self._prior, embedding_net=self._embedding_net, device=self._device,
             )
             book.verbose = self._verbose
         book._ledger.take_changes()
@@ -850,11 +863,12 @@ def open_study(
     timeout: float = 60.0,
     synchronous: Synchronous = "full",
     lazy: bool = False,
+    device: str | torch.device = "cpu",
 ) -> Study:
     """Open an existing study file; see :meth:`Study.open`."""
     return Study.open(
         path, prior=prior, embedding_net=embedding_net, verbose=verbose,
-        timeout=timeout, synchronous=synchronous, lazy=lazy,
+        timeout=timeout, synchronous=synchronous, lazy=lazy, device=device,
     )
 
 
@@ -890,7 +904,7 @@ def create_study(
     study = Study.open(  # the file's own prior where it is data, so that a different one shows
         path, prior=prior if requested["prior"] is None else None,
         embedding_net=posterior_options.get("embedding_net"),
-        verbose=posterior.verbose, timeout=timeout, synchronous=synchronous,
+        verbose=posterior.verbose, timeout=timeout, synchronous=synchronous, device=posterior.device,
     )
     try:
         _check_same_configuration(study, requested)

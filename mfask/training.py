@@ -145,9 +145,11 @@ def train_flow(
     Arguments:
         flow: the model; its standardisation must already be set.
         z: ``(n, d)`` float32 parameters in unbounded space.
-        x: ``(n, *x_shape)`` float32 simulator outputs.
+        x: ``(n, *x_shape)`` float32 simulator outputs. Both may stay on the
+            CPU whatever the flow's device: batches move one at a time.
         config: the loop's settings.
-        seed: seeds the validation split and the batch order.
+        seed: seeds the validation split and the batch order (drawn on the
+            CPU, so the same on every device).
         progress: called after every epoch with an :class:`EpochReport`.
         fine_tuning: for a flow copied from a lower level, the L2-SP penalty
             (added to every batch's loss; the recorded losses are the NLL
@@ -168,6 +170,7 @@ def train_flow(
     z_val, x_val = z[split.validation], x[split.validation]
     num_train, num_validation = z_train.shape[0], z_val.shape[0]
 
+    device = flow.device
     named = list(flow.named_parameters())  # collected once: walking the module tree every step costs
     optimizer = FlatAdam(flow, config.learning_rate)
     history = TrainingHistory(num_train=num_train, num_validation=num_validation)
@@ -189,7 +192,8 @@ def train_flow(
         total = 0.0
         for batch in batches:
             optimizer.zero_grad()
-            loss = -flow.log_prob(z_train[batch], x_train[batch]).mean()
+            # the data stay where they are (the CPU); each batch moves to the flow's device
+            loss = -flow.log_prob(z_train[batch].to(device), x_train[batch].to(device)).mean()
             penalty = fine_tuning.penalty(named, num_train) if fine_tuning is not None else None
             (loss if penalty is None else loss + penalty).backward()
             for parameter in frozen:  # no gradient (nor clipping share): Adam leaves it and its moments alone
