@@ -116,7 +116,8 @@ def train_flows_together(
         member.train()
     for epoch in range(config.max_epochs):
         selected = torch.tensor(active, device=device)
-        orders = torch.stack([torch.randperm(num_train, generator=splits[k].generator) for k in active])
+        orders = torch.stack([torch.randperm(num_train, generator=splits[k].generator)  # on the CPU
+                              for k in active])
         batch_rows = train_rows[active].gather(1, orders)  # (a, n_train): each member's epoch order
         totals = [0.0] * len(active)
         element_mask = None

@@ -106,7 +106,8 @@ def test_every_entry_point_refuses_an_unavailable_device(
 
 # ----------------------------------------------------------------- plumbing
 #: modules whose tensors live on the flows' device
-_DEVICE_SIDE = ["estimator.py", "lean_log_prob.py", "flat_adam.py", "fine_tuning.py"]
+_DEVICE_SIDE = ["estimator.py", "lean_log_prob.py", "flat_adam.py", "fine_tuning.py", "grouped_log_prob.py",
+                "grouped_training.py"]
 _FACTORIES = {"zeros", "ones", "empty", "full", "eye", "arange", "linspace", "randn", "rand",
               "randint", "randperm", "tensor", "as_tensor"}
 
