@@ -18,7 +18,8 @@ from typing import Any
 # bookkeeping (tell, status, export) do not import torch.
 _EXPORTS = {
     "mfask.errors": (
-        "IncompleteStudyError", "InvalidInputError", "LeakageError", "LeakageWarning", "MaxEpochsWarning", "MfaskError",
+        "DeviceUnavailableError", "IncompleteStudyError", "InvalidInputError", "LeakageError",
+        "LeakageWarning", "MaxEpochsWarning", "MfaskError",
         "NotEnoughDataError",
         "OutsidePriorError", "ReadOnlyStudyError", "StateFormatError", "StudyLockedError",
         "StudyStorageError", "TicketAlreadyToldError",
@@ -79,6 +80,7 @@ __all__ = [
     "StudyLockedError",
     "StudyStorageError",
     "ReadOnlyStudyError",
+    "DeviceUnavailableError",
 ]
 
 __version__ = "0.1.0"

@@ -255,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ids_help = "also list every ticket id in the JSON summary"
     quiet_help = "no training progress on standard error (shown by default)"
+    device_help = "where the networks train: cpu (default), cuda, cuda:N, mps or auto"
 
     sub = command("ask", _ask, "open new tickets and write them as CSV")
     sub.add_argument("-f", "--fidelity", required=True)
@@ -264,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--ids", action="store_true", help=ids_help + " (with -o)")
     sub.add_argument("-q", "--quiet", action="store_true",
                      help="no training progress (sequential asks train first)")
+    sub.add_argument("--device", default="cpu", help=device_help)
 
     sub = command("tell", _tell, "record results from a CSV (ticket + output columns)")
     sub.add_argument("file", help="CSV file, or - for standard input")
@@ -296,6 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--wait", type=_seconds, help="seconds to wait for another trainer (default: wait)")
     sub.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     sub.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)  # the default now
+    sub.add_argument("--device", default="cpu", help=device_help)
 
     sub = command("sample", _sample, "posterior samples at an observation (CSV)")
     sub.add_argument("-n", type=int, required=True)
@@ -307,6 +310,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=("csv", "json"), default="csv")
     sub.add_argument("--wait", type=_seconds, help="seconds to wait for another trainer (default: wait)")
     sub.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+    sub.add_argument("--device", default="cpu", help=device_help)
 
     sub = command("export", _export, "all tickets and results as CSV or npz")
     sub.add_argument("-o", "--output", required=True, help="file to write (- for CSV on standard output)")
@@ -345,7 +349,9 @@ def _open(args: argparse.Namespace, verbose: bool = False) -> Any:
     ``sample`` and ``save`` the posterior; the other commands need neither."""
     from mfask.study import open_study
 
-    return open_study(args.study, timeout=args.timeout, verbose=verbose, lazy=True)
+    # only the commands that train take --device; the others never build a network
+    return open_study(args.study, timeout=args.timeout, verbose=verbose, lazy=True,
+                      device=getattr(args, "device", "cpu"))
 
 
 def _init(args: argparse.Namespace) -> int:

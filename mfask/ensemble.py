@@ -6,6 +6,14 @@ trained by :func:`mfask.training.train_flow` with its own seed; this module
 only decides *where* the ``K`` trainings run and makes the result independent
 of that choice.
 
+**Together where possible.** Members of one architecture with the default
+embedding and plain training (every ensemble, and the transfer guard's two
+candidates, under the default settings) train in one batched loop
+(:mod:`mfask.grouped_training`): the same per-member training, with each
+step evaluating all members at once, so ``K`` members cost far less than
+``K`` trainings (measured in ``docs/benchmarks/grouped_training.md``). The
+rest of this docstring is about members that train one by one.
+
 **One torch thread per member.** Every member is trained with torch's
 intra-op thread pool limited to one thread (restored afterwards). Measured on
 the project's 2-core machine while other jobs ran (load average 4 to 13):
@@ -47,11 +55,12 @@ from torch import Tensor
 from mfask.errors import InvalidInputError
 from mfask.estimator import ConditionalFlow
 from mfask.fine_tuning import FineTuningStart
+from mfask.grouped_training import can_train_together, train_flows_together
 from mfask.training import EpochReport, TrainingConfig, TrainingHistory, train_flow
 
 __all__ = ["Backend", "PROCESS_MIN_SECONDS", "choose_backend", "train_members", "one_torch_thread"]
 
-Backend = Literal["auto", "sequential", "threading", "loky"]
+Backend = Literal["auto", "grouped", "sequential", "threading", "loky"]
 
 #: seconds per member (measured at the level's previous fit) from which
 #: ``backend="auto"`` trains members in worker processes
@@ -134,9 +143,13 @@ def train_members(
         x: ``(n, *x_shape)`` float32 simulator outputs.
         config: the training loop's settings.
         seeds: ``K`` seeds (validation split and batch order of each member).
-        backend: ``"auto"`` (see :func:`choose_backend`), ``"sequential"``,
-            ``"threading"`` or ``"loky"``; the trained weights are identical
-            for every choice.
+        backend: ``"auto"``: ``"grouped"`` where
+            :func:`~mfask.grouped_training.can_train_together` accepts the
+            members, else as :func:`choose_backend` decides; ``"grouped"``
+            (all members in one batched loop, see :mod:`mfask.grouped_training`),
+            ``"sequential"``, ``"threading"`` or ``"loky"``. The trained
+            weights are identical for the last three, and equal to
+            ``"grouped"``'s up to floating-point rounding.
         seconds_per_member: the previous fit's time per member, for ``"auto"``.
         progress: per member, an optional per-epoch callback. Worker
             processes cannot call back into this process, so with ``"loky"``
@@ -158,11 +171,23 @@ def train_members(
     starts: list[FineTuningStart | None] = list(fine_tuning) if fine_tuning is not None else [None] * count
     if len(starts) != count:
         raise InvalidInputError(f"need one fine-tuning start (or None) per member; got {len(starts)}")
+    on_accelerator = any(member.device.type != "cpu" for member in members)
+    if backend in ("auto", "grouped") and can_train_together(members, starts):
+        with one_torch_thread():
+            histories = train_flows_together(members, z, x, config, [int(s) for s in seeds], callbacks)
+        return list(members), histories
+    if backend == "grouped":
+        raise InvalidInputError("backend='grouped' needs at least two members of one architecture with "
+                                "the default embedding and plain training (no L2-SP, no frozen trunk)")
     if backend == "auto":
-        backend = choose_backend(count, seconds_per_member)
+        # worker processes share no GPU context: members on a GPU train here
+        backend = "sequential" if on_accelerator else choose_backend(count, seconds_per_member)
+    if backend == "loky" and on_accelerator:
+        raise InvalidInputError("backend='loky' trains on the CPU only; members on a GPU train "
+                                "with 'sequential' or 'threading'")
     if backend not in ("sequential", "threading", "loky"):
         raise InvalidInputError(
-            f"backend must be 'auto', 'sequential', 'threading' or 'loky'; got {backend!r}"
+            f"backend must be 'auto', 'grouped', 'sequential', 'threading' or 'loky'; got {backend!r}"
         )
     if backend == "sequential" or count == 1:
         results = [

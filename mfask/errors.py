@@ -26,6 +26,7 @@ __all__ = [
     "StudyStorageError",
     "ReadOnlyStudyError",
     "OutputFileError",
+    "DeviceUnavailableError",
 ]
 
 
@@ -121,3 +122,8 @@ class MaxEpochsWarning(UserWarning):
     """Training stopped on ``TrainingConfig.max_epochs`` while the validation
     loss was still improving: the posterior may be under-trained (at worst
     close to the prior). Raise ``max_epochs``, or check the learning rate."""
+
+
+class DeviceUnavailableError(MfaskError, RuntimeError):
+    """The ``device=`` asked for does not exist on this machine (no CUDA GPU,
+    a GPU index beyond those present, no Apple MPS)."""

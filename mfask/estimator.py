@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Literal
 
 import normflows
@@ -191,7 +192,8 @@ class ConditionalFlow(nn.Module):
             z: ``(n, d)`` parameters in unbounded space.
             x: ``(n, *x_shape)`` conditioning inputs.
         """
-        x_std = x.std(dim=0) if x.shape[0] > 1 else torch.ones(self.x_shape)
+        z, x = z.to(self.device), x.to(self.device)
+        x_std = x.std(dim=0) if x.shape[0] > 1 else torch.ones_like(self.x_scale)
         self.x_shift.copy_(x.mean(dim=0))
         self.x_scale.copy_(torch.where(x_std > _MIN_STD, x_std, torch.ones_like(x_std)))
         if self.config.conditional_standardization:
@@ -230,53 +232,83 @@ class ConditionalFlow(nn.Module):
             return {}
         return {"feature_low": self.feature_low.clone(), "feature_high": self.feature_high.clone()}
 
+    @property
+    def device(self) -> torch.device:
+        """The device the flow's weights live on (see :mod:`mfask.device`)."""
+        return self.z_shift.device
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "ConditionalFlow":
+        # ``.to(device)`` and friends: the lean evaluator's index tensors are
+        # not module state, so it is rebuilt on the flow's new device
+        super()._apply(fn, recurse)
+        self._lean_log_prob = LeanLogProb.for_flow(self.flow)
+        return self
+
     def embed(self, x: Tensor) -> Tensor:
-        """Standardise and embed ``x`` ``(n, *x_shape)`` to context ``(n, k)``."""
+        """Standardise and embed ``x`` ``(n, *x_shape)`` to context ``(n, k)``,
+        on :attr:`device`."""
+        x = x.to(self.device)
         return self.embedding_net((x - self.x_shift) / self.x_scale)
 
     # ---------------------------------------------------------------- density
+    # The public methods take inputs on any device and return their results on
+    # the device of their first tensor argument: the rest of mfask keeps its
+    # data on the CPU while the weights may live on a GPU.
     def log_prob(self, z: Tensor, x: Tensor) -> Tensor:
-        """``log q(z | x)`` for paired rows: ``z (n, d)``, ``x (n, *x_shape)`` -> ``(n,)``."""
+        """``log q(z | x)`` for paired rows: ``z (n, d)``, ``x (n, *x_shape)`` -> ``(n,)``
+        on ``z``'s device (differentiable through the move)."""
+        home = z.device
+        z, x = z.to(self.device), x.to(self.device)
         context = self.embed(x)
         u = (z - self._z_location(x)) / self.z_scale
         if self._lean_log_prob is not None:
             log_q = self._lean_log_prob(u, context)
         else:
             log_q = self.flow.log_prob(u, context)
-        return log_q - torch.log(self.z_scale).sum()
+        return (log_q - torch.log(self.z_scale).sum()).to(home)
 
     def sample(self, num_samples: int, x: Tensor) -> Tensor:
-        """Draw ``num_samples`` per observation: ``x (m, *x_shape)`` -> ``(m, num_samples, d)``.
+        """Draw ``num_samples`` per observation: ``x (m, *x_shape)`` -> ``(m, num_samples, d)``
+        on ``x``'s device.
 
-        Uses torch's global random state; callers that need reproducibility
-        seed it (see :mod:`mfask.posterior_density`).
+        The base noise comes from torch's global CPU random state (whatever the
+        flow's device, so a seed gives the same draws everywhere); callers that
+        need reproducibility seed it (see :mod:`mfask.posterior_density`).
         """
-        context = self.embed(x)
-        repeated = context.repeat_interleave(num_samples, dim=0)
-        u, _ = self.flow.sample(repeated.shape[0], context=repeated)
+        noise = torch.randn(x.shape[0] * num_samples, self.theta_dim, dtype=self.z_shift.dtype)  # on the CPU
+        home = x.device
+        x = x.to(self.device)
+        context = self.embed(x).repeat_interleave(num_samples, dim=0)
         location = self._z_location(x).repeat_interleave(num_samples, dim=0)
-        z = u * self.z_scale + location
-        return z.reshape(x.shape[0], num_samples, self.theta_dim)
+        z = self._push_context(noise.to(self.device), context, location)
+        return z.reshape(x.shape[0], num_samples, self.theta_dim).to(home)
 
     def push_forward(self, noise: Tensor, x: Tensor) -> Tensor:
         """Map given standard-normal base noise through the flow at ``x``.
 
-        ``noise (n, d)`` and ``x (n, *x_shape)`` (paired rows) -> ``z (n, d)``:
-        the sample :meth:`sample` would return had its base draw been
-        ``noise``. Deterministic given its inputs, so fixed noise gives
-        common random numbers across observations and calls.
+        ``noise (n, d)`` and ``x (n, *x_shape)`` (paired rows) -> ``z (n, d)``
+        on ``noise``'s device: the sample :meth:`sample` would return had its
+        base draw been ``noise``. Deterministic given its inputs, so fixed
+        noise gives common random numbers across observations and calls.
         """
-        context = self.embed(x)
+        home = noise.device
+        x = x.to(self.device)
+        z = self._push_context(noise.to(self.device), self.embed(x), self._z_location(x))
+        return z.to(home)
+
+    def _push_context(self, noise: Tensor, context: Tensor, location: Tensor) -> Tensor:
+        """Base noise ``(n, d)`` through the stack at embedded ``context (n, k)``,
+        then un-standardised around ``location (n, d)``; all on :attr:`device`."""
         base = self.flow.q0
         u = base.loc + torch.exp(base.log_scale) * noise
         for layer in self.flow.flows:
             u, _ = layer(u, context=context)
-        return u * self.z_scale + self._z_location(x)
+        return u * self.z_scale + location
 
 
 def marginal_standardization(z: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation of ``z (n, d)``, each ``(d,)`` (sd 1 for one row)."""
-    scale = z.std(dim=0) if z.shape[0] > 1 else torch.ones(z.shape[1], dtype=z.dtype)
+    scale = z.std(dim=0) if z.shape[0] > 1 else torch.ones(z.shape[1], dtype=z.dtype, device=z.device)
     return z.mean(dim=0), scale
 
 
@@ -297,13 +329,13 @@ def linear_conditional_standardization(z: Tensor, features: Tensor) -> tuple[Ten
     num_rows, num_features = features.shape
     if num_rows < 2 * (num_features + 1):
         shift, scale = marginal_standardization(z)
-        return shift, torch.zeros(z.shape[1], num_features, dtype=z.dtype), scale
+        return shift, torch.zeros(z.shape[1], num_features, dtype=z.dtype, device=z.device), scale
     features64, z64 = features.to(torch.float64), z.to(torch.float64)
     feature_mean, z_mean = features64.mean(dim=0), z64.mean(dim=0)
     design, centred = features64 - feature_mean, z64 - z_mean
     gram = design.T @ design
     ridge = 1e-6 * torch.trace(gram) / num_features + 1e-12  # keeps collinear features solvable
-    solution = torch.linalg.solve(gram + ridge * torch.eye(num_features, dtype=torch.float64),
+    solution = torch.linalg.solve(gram + ridge * torch.eye(num_features, dtype=torch.float64, device=z.device),
                                   design.T @ centred)  # (p, d)
     residual = centred - design @ solution
     variance = (residual**2).sum(dim=0) / (num_rows - num_features - 1)
@@ -342,7 +374,7 @@ def _sbi_layers(theta_dim: int, context_dim: int, config: FlowConfig) -> list[nn
     layers: list[nn.Module] = []
     for index in reversed(range(config.num_transforms)):
         mixing = normflows.flows.LULinearPermute(theta_dim)
-        mixing.permutation._permutation = torch.arange(theta_dim)  # LU only, as sbi
+        mixing.permutation._permutation = torch.arange(theta_dim)  # LU only, as sbi; on the CPU until moved
         coupling = _coupling(theta_dim, context_dim, config, reverse_mask=index % 2 == 0)
         coupling.prqct.unconditional_transform = None
         layers += [mixing, coupling]

@@ -98,9 +98,17 @@ class FlatAdam:
     def clip_grad_norm(self, max_norm: float) -> float:
         """Scale the gradients to a Euclidean norm of at most ``max_norm``, as
         ``torch.nn.utils.clip_grad_norm_`` does; returns the norm before."""
-        norm = torch.linalg.vector_norm(self.gradients)
-        self.gradients.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-        return float(norm)
+        return float(self.clip_grad_norms(max_norm, groups=1)[0])
+
+    def clip_grad_norms(self, max_norm: float, groups: int) -> Tensor:
+        """:meth:`clip_grad_norm` for each of ``groups`` equal consecutive
+        parts of the buffer on its own (e.g. the members of
+        ``nn.ModuleList(members)``, each clipped as if trained alone);
+        returns the ``(groups,)`` norms before."""
+        per_group = self.gradients.view(groups, -1)
+        norms = torch.linalg.vector_norm(per_group, dim=1)
+        per_group.mul_(torch.clamp(max_norm / (norms + 1e-6), max=1.0).unsqueeze(1))
+        return norms
 
     def step(self, active: Tensor | None = None) -> None:
         """One Adam update of the parameters from the current gradients.

@@ -88,7 +88,7 @@ def rational_quadratic_spline(
     )
     interior = (2 * tail_bound) * torch.cumsum(sizes, dim=-1)[..., :-1] - tail_bound
     # Zero-padding and adding (-B, 0, ..., 0, B) puts the end knots exactly at +-B.
-    knots = F.pad(interior, (1, 1)) + _end_knots(num_bins, tail_bound, interior.dtype)
+    knots = F.pad(interior, (1, 1)) + _end_knots(num_bins, tail_bound, interior.dtype, interior.device)
     sizes = knots[..., 1:] - knots[..., :-1]
     # The boundary derivatives are 1: softplus of this constant is 1 - min_derivative.
     boundary = math.log(math.exp(1.0 - min_derivative) - 1.0)
@@ -130,11 +130,11 @@ def _softmax_last(values: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _end_knots(num_bins: int, bound: float, dtype: torch.dtype) -> Tensor:
+def _end_knots(num_bins: int, bound: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``(K + 1,)`` zeros but ``-bound`` first and ``bound`` last: added to the
     zero-padded interior knots, it puts the end knots exactly at the bounds.
     Cached (read-only)."""
-    ends = torch.zeros(num_bins + 1, dtype=dtype)
+    ends = torch.zeros(num_bins + 1, dtype=dtype, device=device)
     ends[0], ends[-1] = -bound, bound
     return ends
 
@@ -187,7 +187,7 @@ class _LUPermute:
     def __call__(self, u: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         linear = self.layer.linear
         dim = linear.features
-        eye = torch.eye(dim, dtype=u.dtype)
+        eye = torch.eye(dim, dtype=u.dtype, device=u.device)
         lower = eye.index_put(self.lower_index, linear.lower_entries)
         diagonal = F.softplus(linear.unconstrained_upper_diag) + linear.eps
         upper = torch.diag(diagonal).index_put(self.upper_index, linear.upper_entries)
@@ -263,23 +263,25 @@ def _coupling_step(layer: normflows.flows.CoupledRationalQuadraticSpline) -> _Co
         return None
     order = torch.cat((coupling.transform_features, coupling.identity_features))
     bins = coupling.num_bins
-    divisor = torch.ones(3 * bins - 1, dtype=torch.float64)
+    device = next(net.parameters()).device  # index tensors live with the layer's weights
+    divisor = torch.ones(3 * bins - 1, dtype=torch.float64, device=device)
     divisor[: 2 * bins] = math.sqrt(net.hidden_features)
     return _Coupling(
         layer=layer,
-        identity=coupling.identity_features.clone(),
-        transform=coupling.transform_features.clone(),
-        order=order,
-        restore=torch.argsort(order),
+        identity=coupling.identity_features.to(device, copy=True),
+        transform=coupling.transform_features.to(device, copy=True),
+        order=order.to(device),
+        restore=torch.argsort(order).to(device),
         divisor=divisor,
     )
 
 
 def _lu_step(layer: normflows.flows.LULinearPermute) -> _LUPermute:
     linear = layer.linear
+    device = linear.lower_entries.device
     return _LUPermute(
         layer=layer,
-        lower_index=tuple(torch.as_tensor(i, dtype=torch.long) for i in linear.lower_indices),
-        upper_index=tuple(torch.as_tensor(i, dtype=torch.long) for i in linear.upper_indices),
+        lower_index=tuple(torch.as_tensor(i, dtype=torch.long, device=device) for i in linear.lower_indices),
+        upper_index=tuple(torch.as_tensor(i, dtype=torch.long, device=device) for i in linear.upper_indices),
         permutation=layer.permutation._permutation,
     )

@@ -37,6 +37,7 @@ from mfask.errors import (
     NotEnoughDataError,
     StateFormatError,
 )
+from mfask.device import resolve_device
 from mfask.estimator import ConditionalFlow, FlowConfig
 from mfask.fine_tuning import FineTuningConfig, FineTuningStart
 from mfask.fidelity import Fidelity, FidelitySpec, ask_target
@@ -159,6 +160,11 @@ class MultiFidelityPosterior(PriorBook):
         verbose: show a progress bar on standard error while training (from
             a second on, see :mod:`mfask.training_progress`); ``False`` is
             silent. Not part of the saved state: :meth:`load` takes it again.
+        device: where the networks train and answer queries: ``"cpu"``
+            (default), ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"`` (see
+            :mod:`mfask.device`). Data, tickets and results stay on the CPU;
+            a seed gives the same random draws on every device. Not part of
+            the saved state: :meth:`load` takes it again.
     """
 
     def __init__(
@@ -177,6 +183,7 @@ class MultiFidelityPosterior(PriorBook):
         transfer_guard: bool = True,
         fine_tuning: FineTuningConfig = FineTuningConfig(),
         verbose: bool = True,
+        device: str | torch.device = "cpu",
     ) -> None:
         # the prior, fidelities, seed and match_tolerance are checked by PriorBook
         super().__init__(prior, fidelities, seed=seed, match_tolerance=match_tolerance)
@@ -211,6 +218,7 @@ class MultiFidelityPosterior(PriorBook):
         self.transfer_guard = transfer_guard
         self.fine_tuning = fine_tuning
         self.verbose = verbose
+        self.device = resolve_device(device)
         self._embedding_template = embedding_net
         self._levels = [_Level() for _ in self.fidelities]
         self._sample_generator = torch.Generator().manual_seed(self._stream_seed(1))
@@ -520,13 +528,15 @@ class MultiFidelityPosterior(PriorBook):
         if self._x_shape is None:
             raise NotEnoughDataError("no simulator output has been told yet")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._stream_seed(3, level, member))
+            torch.random.default_generator.manual_seed(self._stream_seed(3, level, member))
             embedding = copy.deepcopy(self._embedding_template)
             if embedding is not None:
                 for module in embedding.modules():
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
-            return ConditionalFlow(self.prior.dim, self._x_shape, self.flow_config, embedding)
+            # built (and so initialised) on the CPU from the seeded stream, then
+            # moved: a seed gives the same initial weights on every device
+            return ConditionalFlow(self.prior.dim, self._x_shape, self.flow_config, embedding).to(self.device)
 
     def _network_label(self, level: int, member: int, kind: str) -> str:
         """``"network"``, ``"member 2"``, ``"HF-only member 2"``: how progress names a network."""
@@ -698,6 +708,7 @@ class MultiFidelityPosterior(PriorBook):
         prior: Prior | None = None,
         embedding_net: nn.Module | None = None,
         verbose: bool = True,
+        device: str | torch.device = "cpu",
     ) -> "MultiFidelityPosterior":
         """Restore a posterior saved with :meth:`save`.
 
@@ -707,11 +718,14 @@ class MultiFidelityPosterior(PriorBook):
             embedding_net: a module of the same architecture as the one the
                 posterior was built with (weights come from the file).
             verbose: as in the constructor (training progress on standard error).
+            device: as in the constructor; not part of the saved state, so a
+                posterior saved from a GPU loads on the CPU (or any device).
 
         Raises :class:`StateFormatError` for a malformed file.
         """
         meta, arrays = read_state(path)
-        posterior = cls._from_state(meta, arrays, prior=prior, embedding_net=embedding_net)
+        posterior = cls._from_state(meta, arrays, prior=prior, embedding_net=embedding_net,
+                                    device=device)
         posterior.verbose = bool(verbose)
         return posterior
 
@@ -787,6 +801,7 @@ class MultiFidelityPosterior(PriorBook):
         *,
         prior: Prior | None,
         embedding_net: nn.Module | None,
+        device: str | torch.device = "cpu",
     ) -> "MultiFidelityPosterior":
         """Rebuild an object from :meth:`_export_state` output, after checking
         it (:func:`mfask.state_schema.check_state`)."""
@@ -812,6 +827,7 @@ class MultiFidelityPosterior(PriorBook):
                 parameter_space=meta.get("parameter_space", "unbounded"),
                 transfer_guard=meta.get("transfer_guard", False),  # absent: saved before the guard
                 fine_tuning=FineTuningConfig.from_dict(meta.get("fine_tuning", {})),  # absent: plain
+                device=device,
             )
             obj._restore_records(meta, arrays)
             obj._ask_generator = generator_from_array(arrays["rng/ask"])

@@ -181,7 +181,7 @@ class PosteriorDensity:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         x32 = x.to(torch.float32)
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # the CPU stream only: accelerators keep theirs
             if not self.space.covers_support:
                 return self._sample_by_rejection(num_samples, x32)
             draws = []

@@ -151,7 +151,7 @@ class Prior:
         else:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.random.default_generator.manual_seed(seed)  # the CPU stream only: accelerators keep theirs
                 columns = [m.sample((num_rows,)).to(torch.float64) for m in self.marginals]
         return torch.stack(columns, dim=1).reshape(*shape, self.dim)
 

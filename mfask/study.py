@@ -87,6 +87,7 @@ from mfask.transfer_choice import TransferChoice
 from mfask.user_input import as_sample_shape, as_ticket_ids, positive_int
 
 if TYPE_CHECKING:  # these import torch; a study imports them when it loads what needs them
+    import torch
     from torch import nn
 
     from mfask.posterior import MultiFidelityPosterior
@@ -142,12 +143,18 @@ class Study:
         embedding_net: nn.Module | None = None,
         verbose: bool = True,
         lazy: bool = False,
+        device: str | torch.device = "cpu",
     ) -> None:
+        if not lazy or device != "cpu":  # a lazy study imports torch only when it trains
+            from mfask.device import resolve_device
+
+            device = resolve_device(device)  # a clear error now rather than at the first fit
         self._store = store
         self._lock = TrainingLock(str(store.path) + ".lock")
         self._prior = prior
         self._embedding_net = embedding_net
         self._verbose = verbose
+        self._device = device
         # the in-memory state: a TicketBook, a PriorBook or the whole posterior
         self._book: TicketBook | None = None
         self._holds = _Holds.RECORDS if lazy else _Holds.POSTERIOR
@@ -220,6 +227,7 @@ class Study:
                 prior=posterior.prior,
                 embedding_net=posterior._embedding_template,
                 verbose=posterior.verbose,
+                device=posterior.device,
             )
         except BaseException:
             store.close()
@@ -237,6 +245,7 @@ class Study:
         synchronous: Synchronous = "full",
         lazy: bool = False,
         read_only: bool = False,
+        device: str | torch.device = "cpu",
     ) -> "Study":
         """Open an existing study file.
 
@@ -255,6 +264,9 @@ class Study:
             read_only: open for reading only, even if the file could be
                 written (see the module doc); a study that cannot be
                 written here opens read-only anyway (:attr:`read_only`).
+            device: where this process trains and queries the networks
+                (see :class:`MultiFidelityPosterior`); not stored in the file,
+                so every process chooses its own.
 
         Raises :class:`FileNotFoundError`, :class:`StateFormatError` for a
         file that is not a study, has an unknown schema version or holds
@@ -263,7 +275,8 @@ class Study:
         """
         store = StudyStore.open(path, timeout=timeout, synchronous=synchronous, read_only=read_only)
         try:
-            return cls(store, prior=prior, embedding_net=embedding_net, verbose=verbose, lazy=lazy)
+            return cls(store, prior=prior, embedding_net=embedding_net, verbose=verbose, lazy=lazy,
+                       device=device)
         except BaseException:
             store.close()
             raise
@@ -843,7 +856,7 @@ class Study:
             levels, models = store.read_checkpoint(checkpoint) if checkpoint is not None else ([], {})
             book = _posterior_class()._from_state(
                 {**meta, "levels": levels}, {**session, **models, **tickets},
-                prior=self._prior, embedding_net=self._embedding_net,
+                prior=self._prior, embedding_net=self._embedding_net, device=self._device,
             )
             book.verbose = self._verbose
         book._ledger.take_changes()
@@ -915,11 +928,12 @@ def open_study(
     synchronous: Synchronous = "full",
     lazy: bool = False,
     read_only: bool = False,
+    device: str | torch.device = "cpu",
 ) -> Study:
     """Open an existing study file; see :meth:`Study.open`."""
     return Study.open(
         path, prior=prior, embedding_net=embedding_net, verbose=verbose,
-        timeout=timeout, synchronous=synchronous, lazy=lazy, read_only=read_only,
+        timeout=timeout, synchronous=synchronous, lazy=lazy, read_only=read_only, device=device,
     )
 
 
@@ -974,7 +988,7 @@ def _open_same_study(
     study = Study.open(  # the file's own prior where it is data, so that a different one shows
         path, prior=prior if requested["prior"] is None else None,
         embedding_net=posterior_options.get("embedding_net"),
-        verbose=posterior.verbose, timeout=timeout, synchronous=synchronous,
+        verbose=posterior.verbose, timeout=timeout, synchronous=synchronous, device=posterior.device,
     )
     try:
         _check_same_configuration(study, requested)

@@ -32,8 +32,8 @@ from mfask.fine_tuning import FineTuningStart
 from mfask.flat_adam import FlatAdam
 
 __all__ = [
-    "TrainingConfig", "TrainingHistory", "EpochReport", "ValidationSplit", "train_flow",
-    "validation_split", "negative_log_probs",
+    "TrainingConfig", "TrainingHistory", "EpochReport", "EarlyStopping", "ValidationSplit", "train_flow",
+    "validation_split", "negative_log_probs", "mean_of_losses",
 ]
 
 # Validation loss is evaluated in chunks of this many rows to bound memory.
@@ -130,6 +130,41 @@ class TrainingHistory:
         return asdict(self)
 
 
+@dataclass
+class EarlyStopping:
+    """The stopping rule of one network's training: patience counted in
+    epochs without a better validation loss, not before a frozen trunk is
+    released (whose release restarts the count).
+
+    Arguments:
+        patience: ``TrainingConfig.stop_after_epochs``.
+        freeze_epochs: epochs the trunk stays frozen (0: none).
+    """
+
+    patience: int
+    freeze_epochs: int = 0
+    best_loss: float = math.inf
+    since_improvement: int = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before ``epoch`` trains: at the trunk's release patience counts afresh."""
+        if epoch == self.freeze_epochs and self.freeze_epochs > 0:
+            self.since_improvement = 0
+
+    def record(self, validation_loss: float) -> bool:
+        """Count an epoch's validation loss; ``True`` when it is the best so far."""
+        if validation_loss < self.best_loss:
+            self.best_loss = validation_loss
+            self.since_improvement = 0
+            return True
+        self.since_improvement += 1
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        """Whether training stops after ``epoch`` (patience used up, trunk released)."""
+        return self.since_improvement >= self.patience and epoch >= self.freeze_epochs
+
+
 def train_flow(
     flow: ConditionalFlow,
     z: Tensor,
@@ -145,9 +180,11 @@ def train_flow(
     Arguments:
         flow: the model; its standardisation must already be set.
         z: ``(n, d)`` float32 parameters in unbounded space.
-        x: ``(n, *x_shape)`` float32 simulator outputs.
+        x: ``(n, *x_shape)`` float32 simulator outputs. Both may stay on the
+            CPU whatever the flow's device: batches move one at a time.
         config: the loop's settings.
-        seed: seeds the validation split and the batch order.
+        seed: seeds the validation split and the batch order (drawn on the
+            CPU, so the same on every device).
         progress: called after every epoch with an :class:`EpochReport`.
         fine_tuning: for a flow copied from a lower level, the L2-SP penalty
             (added to every batch's loss; the recorded losses are the NLL
@@ -168,20 +205,19 @@ def train_flow(
     z_val, x_val = z[split.validation], x[split.validation]
     num_train, num_validation = z_train.shape[0], z_val.shape[0]
 
+    device = flow.device
     named = list(flow.named_parameters())  # collected once: walking the module tree every step costs
     optimizer = FlatAdam(flow, config.learning_rate)
     history = TrainingHistory(num_train=num_train, num_validation=num_validation)
-    best_loss = math.inf
+    freeze_epochs = fine_tuning.config.freeze_epochs if fine_tuning is not None else 0
+    stopping = EarlyStopping(config.stop_after_epochs, freeze_epochs)
     best_parameters = optimizer.snapshot()
     buffers = list(flow.buffers())  # fixed for mfask's flows; a user's embedding net may update some
     best_buffers = [buffer.clone() for buffer in buffers]
-    since_improvement = 0
     started = time.perf_counter()
-    freeze_epochs = fine_tuning.config.freeze_epochs if fine_tuning is not None else 0
     for epoch in range(config.max_epochs):
         flow.train()
-        if epoch == freeze_epochs and freeze_epochs > 0:
-            since_improvement = 0  # the trunk is released: patience counts afresh
+        stopping.start_epoch(epoch)
         frozen_names = set(fine_tuning.frozen(epoch)) if fine_tuning is not None else set()
         frozen = [parameter for name, parameter in named if name in frozen_names]
         active = optimizer.active_except(frozen)
@@ -189,7 +225,8 @@ def train_flow(
         total = 0.0
         for batch in batches:
             optimizer.zero_grad()
-            loss = -flow.log_prob(z_train[batch], x_train[batch]).mean()
+            # the data stay where they are (the CPU); each batch moves to the flow's device
+            loss = -flow.log_prob(z_train[batch].to(device), x_train[batch].to(device)).mean()
             penalty = fine_tuning.penalty(named, num_train) if fine_tuning is not None else None
             (loss if penalty is None else loss + penalty).backward()
             for parameter in frozen:  # no gradient (nor clipping share): Adam leaves it and its moments alone
@@ -202,18 +239,14 @@ def train_flow(
 
         validation_loss = mean_negative_log_prob(flow, z_val, x_val)
         history.validation_loss.append(validation_loss)
-        if validation_loss < best_loss:
-            best_loss = validation_loss
+        if stopping.record(validation_loss):
             best_parameters = optimizer.snapshot()
             best_buffers = [buffer.clone() for buffer in buffers]
             history.best_epoch = epoch
-            since_improvement = 0
-        else:
-            since_improvement += 1
         if progress is not None:
             progress(EpochReport(epoch, history.train_loss[-1], validation_loss,
-                                 best_loss, since_improvement))
-        if since_improvement >= config.stop_after_epochs and epoch >= freeze_epochs:
+                                 stopping.best_loss, stopping.since_improvement))
+        if stopping.should_stop(epoch):
             history.stopped_early = True
             break
     optimizer.restore(best_parameters)
@@ -266,6 +299,11 @@ def mean_negative_log_prob(flow: ConditionalFlow, z: Tensor, x: Tensor) -> float
 
     Non-finite values (a diverged model) give ``inf``.
     """
-    losses = negative_log_probs(flow, z, x)
-    value = sum(float(part.sum()) for part in losses.split(_EVAL_CHUNK)) / z.shape[0]
+    return mean_of_losses(negative_log_probs(flow, z, x))
+
+
+def mean_of_losses(losses: Tensor) -> float:
+    """The mean of per-row losses ``(n,)`` as the stopping rule reads it: summed
+    in chunks in float64, ``inf`` when not finite (a diverged model)."""
+    value = sum(float(part.sum()) for part in losses.split(_EVAL_CHUNK)) / losses.shape[0]
     return value if math.isfinite(value) else math.inf

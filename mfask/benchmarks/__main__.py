@@ -20,6 +20,7 @@ from mfask.benchmarks.methods import METHODS, MethodConfig
 from mfask.benchmarks.report import write_report
 from mfask.benchmarks.runner import default_pretraining_cache, plan_jobs, run_benchmark
 from mfask.benchmarks.tasks import TASK_NAMES
+from mfask.device import resolve_device
 from mfask.estimator import FLOW_LAYOUTS, FlowConfig
 from mfask.parameter_space import PARAMETER_SPACES
 from mfask.training import TrainingConfig
@@ -37,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "standardization": "linear" if FlowConfig.conditional_standardization else "marginal",
     "hidden_features": FlowConfig.hidden_features, "num_transforms": FlowConfig.num_transforms,
     "max_epochs": TrainingConfig.max_epochs, "report_dir": "docs/benchmarks/results",
+    "device": MethodConfig.device,
 }
 
 #: named sets of values; ``quick`` checks the pipeline, not the science
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--hidden-features", type=int, help="flow width")
     add("--num-transforms", type=int, help="flow depth")
     add("--max-epochs", type=int, help="training epochs cap")
+    add("--device", help="where the neural methods train: cpu (default), cuda, cuda:N, mps or auto "
+        "(part of a job's identity)")
     add("--pretraining-cache", help="directory of shared LF pre-trainings "
         "(default: <output>.pretrained)")
     add("--no-pretraining-cache", action="store_true",
@@ -126,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         abc_quantile=v["abc_quantile"],
         parameter_space=v["parameter_space"],
         transfer_guard=v["transfer_guard"] in (True, "on"),
+        device=str(resolve_device(v["device"])),  # "auto" recorded as the device it chose
     )
     jobs = plan_jobs(
         v["task"], v["methods"], v["low"], v["high"], v["seeds"],

@@ -136,6 +136,10 @@ class MethodConfig:
             fine-tuned and an HF-only network
             (``MultiFidelityPosterior(transfer_guard=...)``; it has no effect
             on single-level methods, whose jobs record it off).
+        device: where the neural methods' networks train (``"cpu"``,
+            ``"cuda"``, ``"cuda:N"``, ``"mps"``; see :mod:`mfask.device`).
+            Part of a job's identity, since results differ between devices
+            by floating-point rounding.
     """
 
     flow: FlowConfig = FlowConfig()
@@ -145,6 +149,7 @@ class MethodConfig:
     abc_quantile: float = 0.1
     parameter_space: ParameterSpaceName = "support"
     transfer_guard: bool = True
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.parameter_space not in PARAMETER_SPACES:
@@ -165,6 +170,8 @@ class MethodConfig:
             del values["parameter_space"]
         if not values["transfer_guard"]:
             del values["transfer_guard"]
+        if values["device"] == "cpu":
+            del values["device"]
         return values
 
     @classmethod
@@ -303,6 +310,7 @@ def _new_posterior(task: Task, fidelities: Sequence[str], seed: int, config: Met
         parameter_space=config.parameter_space,
         transfer_guard=config.transfer_guard,
         verbose=False,  # the benchmark runner reports progress per job
+        device=config.device,
         **kwargs,
     )
 
@@ -352,7 +360,7 @@ def pretrained_state(task: Task, low: int, seed: int, config: MethodConfig,
     (built there on first use) and its cost record."""
     # the settings pre-training depends on, in MethodConfig's key-stable form
     settings = {name: value for name, value in config.to_dict().items()
-                if name in ("flow", "training", "parameter_space")}
+                if name in ("flow", "training", "parameter_space", "device")}
     key = pretraining_key(task.name, task.settings, low, seed, settings)
 
     def build() -> tuple[MultiFidelityPosterior, PretrainingRecord]:
@@ -366,9 +374,10 @@ def pretrained_state(task: Task, low: int, seed: int, config: MethodConfig,
     return str(path), record
 
 
-def _load_pretrained(task: Task, path: str) -> MultiFidelityPosterior:
+def _load_pretrained(task: Task, path: str, device: str) -> MultiFidelityPosterior:
     """A fresh copy of a pre-trained posterior, as saved in the cache."""
-    return MultiFidelityPosterior.load(path, prior=task.prior, embedding_net=embedding_for(task))
+    return MultiFidelityPosterior.load(path, prior=task.prior, embedding_net=embedding_for(task),
+                                       device=device)
 
 
 class _JobCache:
@@ -399,7 +408,7 @@ def _amortized(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: M
     if multi_fidelity:
         with _JobCache(cache) as job_cache:
             path, record = pretrained_state(task, budget.low, seed, config, job_cache)
-            posterior = _load_pretrained(task, path)
+            posterior = _load_pretrained(task, path, config.device)
         simulations.update(record.simulations)
         info.update(_pretraining_info(record))
     else:
@@ -468,7 +477,7 @@ def _sequential(task: Task, x_o: np.ndarray, budget: Budget, seed: int, config: 
             info.update(_pretraining_info(record))
         for i, observation in enumerate(np.asarray(x_o)):
             if multi_fidelity:
-                posterior = _load_pretrained(task, path)
+                posterior = _load_pretrained(task, path, config.device)
             else:
                 sub_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
                 posterior = _new_posterior(task, [high], sub_seed, config)
