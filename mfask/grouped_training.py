@@ -7,7 +7,8 @@ exactly as when trained alone), but each step evaluates and differentiates
 all members' losses in one pass of :class:`~mfask.grouped_log_prob.GroupedLogProb`
 and updates them with one :class:`~mfask.flat_adam.FlatAdam` over
 ``nn.ModuleList(members)``. A member that has stopped leaves the batch; the
-others go on. In exact arithmetic the result is the one-at-a-time result;
+others go on (the last one through its own evaluation, which is cheaper for
+one network than the grouped one). In exact arithmetic the result is the one-at-a-time result;
 in floating point it differs by rounding (the per-member losses are
 bitwise equal, their gradients are summed in another order).
 
@@ -128,9 +129,13 @@ def train_flows_together(
         for start in range(0, num_train, config.batch_size):
             rows = batch_rows[:, start:start + config.batch_size]  # (a, b)
             optimizer.zero_grad()
-            weights = leaf if len(active) == count else leaf.index_select(0, selected)
-            losses = -evaluator(weights, selected, z[rows].to(device), x[rows].to(device)).mean(dim=1)
-            losses.sum().backward()
+            if len(active) == 1:  # the last one on its own: its own (lean) evaluation is cheaper
+                alone = members[active[0]]
+                losses = -alone.log_prob(z[rows[0]].to(device), x[rows[0]].to(device)).mean().reshape(1)
+            else:
+                weights = leaf if len(active) == count else leaf.index_select(0, selected)
+                losses = -evaluator(weights, selected, z[rows].to(device), x[rows].to(device)).mean(dim=1)
+            losses.sum().backward()  # into the optimiser's gradient buffer (the members' .grad are views of it)
             if config.clip_max_norm is not None:
                 optimizer.clip_grad_norms(config.clip_max_norm, groups=count)
             optimizer.step(element_mask)
